@@ -1,0 +1,101 @@
+// Portable SIMD vectors (GCC/Clang vector extensions) and the few element-wise helpers the
+// metrics need, overloaded so one metric definition serves scalars and vectors alike.
+// The width follows the target: 512-bit with AVX-512, 256-bit with AVX, 128-bit otherwise.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+namespace infolens::knn {
+
+#if defined(__AVX512F__)
+inline constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
+inline constexpr int kVectorBytes = 32;
+#else
+inline constexpr int kVectorBytes = 16;
+#endif
+
+template <class T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+    using V = float __attribute__((vector_size(kVectorBytes)));
+    using I = int32_t __attribute__((vector_size(kVectorBytes)));  // lane masks: 0 or -1
+    static constexpr int W = kVectorBytes / 4;
+};
+
+template <>
+struct Simd<double> {
+    using V = double __attribute__((vector_size(kVectorBytes)));
+    using I = int64_t __attribute__((vector_size(kVectorBytes)));
+    static constexpr int W = kVectorBytes / 8;
+};
+
+// Element type of a scalar or vector.
+template <class V>
+using elem_t = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+
+template <class V>
+inline constexpr bool is_scalar_v = std::is_floating_point_v<V>;
+
+template <class V>
+inline V vabs(V t) {
+    if constexpr (is_scalar_v<V>) {
+        return std::abs(t);
+    } else {
+        using I = typename Simd<elem_t<V>>::I;
+        using Int = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<I>()[0])>>;
+        return (V)((I)t & (I{} + std::numeric_limits<Int>::max()));  // clear the sign bits
+    }
+}
+
+// max(s, a) in the form x86 max instructions implement exactly (no NaN reaches a key).
+template <class V>
+inline V vmax(V s, V a) {
+    return s < a ? a : s;
+}
+
+template <class V>
+inline V vpow(V a, double p) {
+    if constexpr (is_scalar_v<V>) {
+        return std::pow(a, V(p));
+    } else {
+        using T = elem_t<V>;
+        for (int l = 0; l < int(sizeof(V) / sizeof(T)); ++l) a[l] = std::pow(T(a[l]), T(p));
+        return a;
+    }
+}
+
+template <class V, class T>
+inline V vload(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+template <class V, class T>
+inline void vstore(T* p, V v) {
+    std::memcpy(p, &v, sizeof v);
+}
+
+template <class V, class T>
+inline V vbroadcast(T s) {
+    return V{} + s;
+}
+
+// True when any lane of a comparison mask is set.
+template <class I>
+inline bool vany(I m) {
+    uint64_t w[sizeof(I) / 8];
+    std::memcpy(w, &m, sizeof m);
+    uint64_t r = 0;
+    for (uint64_t x : w) r |= x;
+    return r != 0;
+}
+
+}  // namespace infolens::knn

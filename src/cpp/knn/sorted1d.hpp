@@ -1,0 +1,197 @@
+// One-dimensional points sorted by (value, index): exact kNN and radius counts by searching
+// outward from a query's position.
+//
+// For a query q, key(q, v) = fold(0, term(q - v)) and fl(q - v) is monotone in v, so keys
+// are non-decreasing walking away from q's position on either side. A radius count is
+// therefore two contiguous runs, found by galloping on the predicate evaluated exactly as the
+// key (never as v < q + r, which rounds differently), and the k nearest are a merge of the two
+// sides. Queries run in sorted order, so consecutive searches touch the same memory.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "knn/metric.hpp"
+#include "knn/parallel.hpp"
+
+namespace infolens::knn {
+
+// Number of leading i in [0, limit) with f(i) true, for f true on a prefix and false after:
+// exponential then binary search, O(log answer) evaluations.
+template <class F>
+int64_t leading_true(F f, int64_t limit) {
+    int64_t lo = 0, hi = limit;  // f is true on [0, lo) and false on [hi, limit)
+    for (int64_t step = 1; lo < hi; step *= 2) {
+        const int64_t probe = lo + step - 1;
+        if (probe >= hi) break;
+        if (!f(probe)) {
+            hi = probe;
+            break;
+        }
+        lo = probe + 1;
+    }
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (f(mid))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+template <class T>
+class Sorted1d {
+public:
+    using value_type = T;
+
+    Sorted1d(const T* x, int64_t n) : n_(n), v_(n), perm_(n) {
+        std::vector<std::pair<T, int64_t>> sorted(n);
+        for (int64_t i = 0; i < n; ++i) sorted[i] = {x[i], i};
+        std::sort(sorted.begin(), sorted.end());
+        for (int64_t s = 0; s < n; ++s) {
+            v_[s] = sorted[s].first;
+            perm_[s] = sorted[s].second;
+        }
+    }
+
+    template <class M>
+    void knn(const M& m, int64_t k, T* out_keys, int64_t* out_idx, const T* queries, int64_t nq,
+             int threads) const {
+        const std::vector<int64_t> order = query_order(queries, nq);
+        const int nt = team_size(threads);
+#pragma omp parallel num_threads(nt)
+        {
+            std::vector<std::pair<T, int64_t>> below;
+            std::vector<int64_t> tied;
+#pragma omp for schedule(dynamic, 512)
+            for (int64_t t = 0; t < nq; ++t) {
+                // Self-join: query = sorted position t, its left side starts at t - 1 and its
+                // right side at t + 1. Otherwise the sides meet at the first value >= q.
+                int64_t row, left, right;
+                T q;
+                if (queries) {
+                    row = order[t];
+                    q = queries[row];
+                    right = lower_bound(q);
+                    left = right - 1;
+                } else {
+                    row = perm_[t];
+                    q = v_[t];
+                    left = t - 1;
+                    right = t + 1;
+                }
+                nearest(m, q, left, right, k, out_keys + row * k, out_idx + row * k, below, tied);
+            }
+        }
+    }
+
+    template <class M, bool Strict>
+    void count(const M& m, const T* radius, int64_t* out, const T* queries, int64_t nq,
+               int threads) const {
+        const std::vector<int64_t> order = query_order(queries, nq);
+        const int nt = team_size(threads);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 2048)
+        for (int64_t t = 0; t < nq; ++t) {
+            int64_t row, left, right;
+            T q;
+            if (queries) {
+                row = order[t];
+                q = queries[row];
+                right = lower_bound(q);
+                left = right - 1;
+            } else {
+                row = perm_[t];
+                q = v_[t];
+                left = t - 1;
+                right = t + 1;
+            }
+            const T r = radius[row];
+            auto within = [&](int64_t j) {
+                const T key = key1(m, q, j);
+                return Strict ? key < r : key <= r;
+            };
+            out[row] = leading_true([&](int64_t i) { return within(left - i); }, left + 1) +
+                       leading_true([&](int64_t i) { return within(right + i); }, n_ - right);
+        }
+    }
+
+private:
+    template <class M>
+    T key1(const M& m, T q, int64_t j) const {
+        return M::fold(T(0), m.term(T(q - v_[j])));
+    }
+
+    int64_t lower_bound(T q) const { return std::lower_bound(v_.begin(), v_.end(), q) - v_.begin(); }
+
+    // Queries by ascending value (empty for the self-join, which runs in sorted order).
+    static std::vector<int64_t> query_order(const T* queries, int64_t nq) {
+        std::vector<int64_t> order;
+        if (!queries) return order;
+        order.resize(nq);
+        std::iota(order.begin(), order.end(), int64_t{0});
+        std::sort(order.begin(), order.end(),
+                  [&](int64_t a, int64_t b) { return queries[a] < queries[b]; });
+        return order;
+    }
+
+    // The k smallest (key, index) among positions left, left - 1, ..., 0 and right, ..., n - 1.
+    template <class M>
+    void nearest(const M& m, T q, int64_t left, int64_t right, int64_t k, T* keys, int64_t* idx,
+                 std::vector<std::pair<T, int64_t>>& below, std::vector<int64_t>& tied) const {
+        // 1. The k-th smallest key K: merge the two sides, each non-decreasing in key.
+        int64_t l = left, r = right;
+        T kth = 0;
+        for (int64_t taken = 0; taken < k; ++taken) {
+            const bool take_left = r >= n_ || (l >= 0 && key1(m, q, l) <= key1(m, q, r));
+            kth = take_left ? key1(m, q, l--) : key1(m, q, r++);
+        }
+        // 2. Keys below K were all read, as a prefix of each side; they enter in (key, index)
+        // order. Both heads were >= K when the merge stopped, so nothing unread is below K.
+        below.clear();
+        int64_t nl = 0, nr = 0;
+        for (; left - nl > l && key1(m, q, left - nl) < kth; ++nl)
+            below.push_back({key1(m, q, left - nl), perm_[left - nl]});
+        for (; right + nr < r && key1(m, q, right + nr) < kth; ++nr)
+            below.push_back({key1(m, q, right + nr), perm_[right + nr]});
+        std::sort(below.begin(), below.end());
+        for (size_t s = 0; s < below.size(); ++s) {
+            keys[s] = below[s].first;
+            idx[s] = below[s].second;
+        }
+        // 3. The remaining slots take the smallest indices among keys equal to K: a run on each
+        // side (possibly long, e.g. duplicated values), made of blocks of equal values whose
+        // indices ascend, so each block offers at most `need` candidates.
+        const int64_t need = k - int64_t(below.size());
+        const int64_t l_end = left - nl, r_begin = right + nr;
+        const int64_t l_run = leading_true([&](int64_t i) { return key1(m, q, l_end - i) == kth; }, l_end + 1);
+        const int64_t r_run = leading_true([&](int64_t i) { return key1(m, q, r_begin + i) == kth; }, n_ - r_begin);
+        tied.clear();
+        add_block_heads(l_end - l_run + 1, l_end + 1, need, tied);
+        add_block_heads(r_begin, r_begin + r_run, need, tied);
+        std::partial_sort(tied.begin(), tied.begin() + need, tied.end());
+        for (int64_t s = 0; s < need; ++s) {
+            keys[below.size() + s] = kth;
+            idx[below.size() + s] = tied[s];
+        }
+    }
+
+    // Appends the first `need` indices of every block of equal values in positions [a, b).
+    void add_block_heads(int64_t a, int64_t b, int64_t need, std::vector<int64_t>& out) const {
+        while (a < b) {
+            const T value = v_[a];
+            const int64_t len = leading_true([&](int64_t i) { return v_[a + i] == value; }, b - a);
+            out.insert(out.end(), perm_.begin() + a, perm_.begin() + a + std::min(len, need));
+            a += len;
+        }
+    }
+
+    int64_t n_;
+    std::vector<T> v_;           // values ascending, equal values by ascending index
+    std::vector<int64_t> perm_;  // original index of sorted position s
+};
+
+}  // namespace infolens::knn

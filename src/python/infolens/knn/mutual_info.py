@@ -1,0 +1,225 @@
+"""Mutual information from k-nearest-neighbour statistics.
+
+All counts are exact comparisons against distances that came out of the same engine, with the
+strictness each paper defines (docs/NATIVE_ABI.md); there is no epsilon and no jitter unless
+asked for. Joint spaces use the max-norm over all coordinates (the max over the spaces of each
+space's max-norm). psi is the digamma function, N the number of samples.
+
+* ``ksg1`` (Kraskov, Stoegbauer, Grassberger 2004, estimator 1):
+  I = psi(k) + psi(N) - < psi(n_x + 1) + psi(n_y + 1) >,
+  n_x(i) = #{j != i : |x_i - x_j| < eps_i}  (strict), eps_i the joint k-th neighbour distance.
+* ``ksg2`` (estimator 2): I = psi(k) - 1/k + psi(N) - < psi(n_x) + psi(n_y) >,
+  eps_x(i) = the largest x-distance among the k joint neighbours of i,
+  n_x(i) = #{j != i : |x_i - x_j| <= eps_x(i)}  (non-strict).
+* ``ross`` (Ross 2014; discrete y, continuous x):
+  I = psi(N) - < psi(N_{y_i}) > + psi(k) - < psi(m_i) >, d_i the distance from x_i to its k-th
+  neighbour among samples of the same label, m_i = #{j != i : |x_i - x_j| <= d_i} over all
+  samples. (This counts the k-th neighbour itself, as Ross does; without ties it equals the
+  strict count with i included that scikit-learn uses.) Every label needs k + 1 samples.
+* ``mixed`` (Gao, Kannan, Oh, Viswanath 2017; data with exact ties by design):
+  rho_i = joint k-th neighbour distance; if rho_i = 0, k~_i = #{j : joint_j = joint_i} (i
+  included), else k~_i = k; n_x(i) = #{j : |x_i - x_j| <= rho_i} (i included), same for y;
+  I = < psi(k~_i) + log N - psi(n_x) - psi(n_y) >.
+* ``conditional_mutual_info`` (Frenzel-Pompe 2007):
+  I(X;Y|Z) = psi(k) - < psi(n_xz + 1) + psi(n_yz + 1) - psi(n_z + 1) >, strict counts within
+  the (x, y, z) max-norm k-th neighbour distance.
+
+For continuous x, I(X;X) is infinite: ``ksg1``/``ksg2`` return ``inf`` when y equals x rather
+than the finite psi(N) - psi(k) the formula would give.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._arrays import as_labels, common_dtype, is_discrete, same_samples
+from ..result import Estimate, from_pointwise, units_of
+from ._common import build_index, check_k, digamma, kth_neighbours, metric_order, prepare
+
+METHODS = ("auto", "ksg1", "ksg2", "ross", "mixed")
+_INF = math.inf
+
+
+class _Space:
+    """One variable's samples and the max-norm index over them, built once and shared by pairs."""
+
+    def __init__(self, t: torch.Tensor, backend: str):
+        self.t = t
+        self.backend = backend
+        self._index = None
+
+    def index(self):
+        if self._index is None:
+            self._index = build_index(self.t, _INF, self.backend)
+        return self._index
+
+    def as_dtype(self, dtype: torch.dtype) -> "_Space":
+        return self if self.t.dtype == dtype else _Space(self.t.to(dtype), self.backend)
+
+
+def _marginal_extent(t: torch.Tensor, neighbours: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
+    """max over the k neighbours j of i of max_c |t_ic - t_jc|: the same key arithmetic as the engine."""
+    out = torch.empty(t.shape[0], dtype=t.dtype, device=t.device)
+    for r0 in range(0, t.shape[0], rows):
+        block = t[r0 : r0 + rows]
+        diff = t[neighbours[r0 : r0 + rows]] - block[:, None, :]
+        out[r0 : r0 + rows] = diff.abs().amax(dim=(1, 2))
+    return out
+
+
+def _infinite(n, k, method, base, engine) -> Estimate:
+    _, units = units_of(base)
+    return Estimate(_INF, stderr=0.0, pointwise=None, n=n, k=k, method=method, units=units, backend=engine)
+
+
+def _ksg(X: torch.Tensor, ys: _Space, k: int, method: str, base, backend: str) -> Estimate:
+    ys = ys.as_dtype(X.dtype)
+    Y = ys.t
+    n = X.shape[0]
+    joint = build_index(torch.cat([X, Y], dim=1), _INF, backend)
+    if X.shape == Y.shape and torch.equal(X, Y):
+        return _infinite(n, k, method, base, joint.backend)
+    eps, neighbours, tied = kth_neighbours(joint, k)
+    xs = _Space(X, backend)
+    if method == "ksg1":
+        n_x = xs.index().count(eps, strict=True)
+        n_y = ys.index().count(eps, strict=True)
+        terms = digamma(k) + digamma(n) - digamma(n_x + 1) - digamma(n_y + 1)
+    else:
+        n_x = xs.index().count(_marginal_extent(X, neighbours), strict=False)
+        n_y = ys.index().count(_marginal_extent(Y, neighbours), strict=False)
+        terms = digamma(k) - 1.0 / k + digamma(n) - digamma(n_x) - digamma(n_y)
+    return from_pointwise(terms, base=base, tie_fraction=float(tied.double().mean()), n=n, k=k,
+                          method=method, backend=joint.backend)
+
+
+def _mixed(X: torch.Tensor, ys: _Space, k: int, base, backend: str) -> Estimate:
+    ys = ys.as_dtype(X.dtype)
+    joint_t = torch.cat([X, ys.t], dim=1)
+    joint = build_index(joint_t, _INF, backend)
+    rho, _, tied = kth_neighbours(joint, k)
+    n = X.shape[0]
+    zero = rho == 0
+    k_tilde = torch.full_like(rho, k, dtype=torch.int64)
+    if bool(zero.any()):
+        # Querying the duplicated rows against the whole set counts i itself, as Gao defines.
+        k_tilde[zero] = joint.count(torch.zeros_like(rho[zero]), strict=False, queries=joint_t[zero].contiguous())
+    n_x = _Space(X, backend).index().count(rho, strict=False) + 1
+    n_y = ys.index().count(rho, strict=False) + 1
+    terms = digamma(k_tilde) + math.log(n) - digamma(n_x) - digamma(n_y)
+    return from_pointwise(terms, base=base, tie_fraction=float((tied | zero).double().mean()), n=n, k=k,
+                          method="mixed", backend=joint.backend)
+
+
+class _Labels:
+    """Discrete labels, grouped once and shared by pairs."""
+
+    def __init__(self, y, k: int):
+        self.codes, self.values, self.counts = as_labels(y, "y")
+        small = self.counts < k + 1
+        if bool(small.any()):
+            bad = ", ".join(f"{v!r} ({int(c)})" for v, c in zip(self.values[small].tolist(), self.counts[small].tolist()))
+            raise ValueError(f"y: Ross's estimator needs at least k + 1 = {k + 1} samples of every label; "
+                             f"these labels have fewer (count): {bad}. Lower k or merge rare labels")
+
+
+def _ross(X: torch.Tensor, labels: _Labels, k: int, p: float, base, backend: str) -> Estimate:
+    n = X.shape[0]
+    codes = labels.codes.to(X.device)
+    radius = torch.empty(n, dtype=X.dtype, device=X.device)
+    tied = torch.zeros(n, dtype=torch.bool, device=X.device)
+    engine = ""
+    for c in range(labels.values.numel()):
+        rows = (codes == c).nonzero().squeeze(1)
+        index = build_index(X[rows].contiguous(), p, backend)
+        radius[rows], _, tied[rows] = kth_neighbours(index, k)
+        engine = index.backend
+    m = build_index(X, p, backend).count(radius, strict=False)
+    terms = digamma(n) - digamma(labels.counts.to(X.device)[codes]) + digamma(k) - digamma(m)
+    return from_pointwise(terms, base=base, tie_fraction=float(tied.double().mean()), n=n, k=k,
+                          method="ross", backend=engine)
+
+
+def _check_method(method: str, y) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "ross" if is_discrete(y) else "ksg1"
+    return method
+
+
+def _prepare_y(y, method: str, k: int, backend: str, jitter: float, seed: int):
+    if method == "ross":
+        return _Labels(y, k)
+    return _Space(prepare(y, "y", jitter, seed + 1), backend)
+
+
+def _one(X, Y, k, method, metric, base, backend) -> Estimate:
+    if isinstance(Y, _Labels):
+        if Y.codes.shape[0] != X.shape[0]:
+            raise ValueError(f"x and y must have the same number of samples, got {X.shape[0]} and {Y.codes.shape[0]}")
+        return _ross(X, Y, k, metric_order(metric), base, backend)
+    same_samples("x", X, "y", Y.t)
+    X = common_dtype(X, Y.t)[0]
+    if method == "mixed":
+        return _mixed(X, Y, k, base, backend)
+    return _ksg(X, Y, k, method, base, backend)
+
+
+def mutual_info(x, y, k: int = 3, *, method: str = "auto", metric="max", base=None, backend: str = "auto",
+                jitter: float = 0.0, seed: int = 0) -> Estimate:
+    """Mutual information I(X; Y) between samples ``x`` [N, dx] and ``y`` [N, dy] (or labels [N]).
+
+    method: "ksg1" (default for real-valued y), "ksg2", "ross" (default for integer or boolean
+    y, read as class labels), "mixed" (Gao et al., for data with exact ties by design).
+    ``metric`` is the metric of x for "ross"; the KSG and mixed estimators use the max-norm.
+    Returns an ``Estimate`` whose ``pointwise`` values are the per-sample terms (local MI).
+    """
+    method = _check_method(method, y)
+    X = prepare(x, "x", jitter, seed)
+    check_k(k, X.shape[0], "x")
+    return _one(X, _prepare_y(y, method, k, backend, jitter, seed), k, method, metric, base, backend)
+
+
+def mutual_info_batch(xs, y, k: int = 3, *, method: str = "auto", metric="max", base=None,
+                      backend: str = "auto", jitter: float = 0.0, seed: int = 0) -> list[Estimate]:
+    """I(X_j; Y) for every x in ``xs`` against one ``y`` (e.g. every layer against the labels).
+
+    y is prepared once: its labels grouped once for "ross", its marginal index built once and
+    reused for every pair otherwise. Each result equals ``mutual_info(x_j, y, ...)``.
+    """
+    method = _check_method(method, y)
+    xs = list(xs)
+    if not xs:
+        raise ValueError("xs must hold at least one array")
+    Y = _prepare_y(y, method, k, backend, jitter, seed)
+    out = []
+    for j, x in enumerate(xs):
+        X = prepare(x, f"xs[{j}]", jitter, seed)
+        check_k(k, X.shape[0], f"xs[{j}]")
+        out.append(_one(X, Y, k, method, metric, base, backend))
+    return out
+
+
+def conditional_mutual_info(x, y, z, k: int = 3, *, base=None, backend: str = "auto", jitter: float = 0.0,
+                            seed: int = 0) -> Estimate:
+    """Frenzel-Pompe conditional mutual information I(X; Y | Z), max-norm, strict counts."""
+    X = prepare(x, "x", jitter, seed)
+    Y = prepare(y, "y", jitter, seed + 1)
+    Z = prepare(z, "z", jitter, seed + 2)
+    same_samples("x", X, "y", Y)
+    same_samples("x", X, "z", Z)
+    n = X.shape[0]
+    k = check_k(k, n, "x")
+    X, Y, Z = common_dtype(X, Y, Z)
+    joint = build_index(torch.cat([X, Y, Z], dim=1), _INF, backend)
+    eps, _, tied = kth_neighbours(joint, k)
+
+    def count(*parts):
+        return build_index(torch.cat(parts, dim=1), _INF, backend).count(eps, strict=True)
+
+    terms = digamma(k) - digamma(count(X, Z) + 1) - digamma(count(Y, Z) + 1) + digamma(count(Z) + 1)
+    return from_pointwise(terms, base=base, tie_fraction=float(tied.double().mean()), n=n, k=k,
+                          method="frenzel-pompe", backend=joint.backend)
