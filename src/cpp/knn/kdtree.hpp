@@ -27,7 +27,7 @@ class KdTree {
 public:
     using value_type = T;
 
-    static constexpr int64_t kDefaultLeafSize = 16;
+    static constexpr int64_t kDefaultLeafSize = 32;
 
     KdTree(const T* points, int64_t n, int64_t d, int64_t leaf_size)
         : n_(n), d_(d), leaf_(leaf_size > 0 ? leaf_size : kDefaultLeafSize) {
@@ -43,6 +43,13 @@ public:
         x_.resize(n_ * d_);
         for (int64_t t = 0; t < n_; ++t)
             for (int64_t c = 0; c < d_; ++c) x_[c * n_ + t] = rows[t * d_ + c];
+        // Children follow their parent in depth-first order, so a reverse sweep is bottom-up.
+        min_index_.resize(nodes_.size());
+        for (int64_t id = int64_t(nodes_.size()) - 1; id >= 0; --id) {
+            const Node& nd = nodes_[id];
+            min_index_[id] = nd.right == 0 ? *std::min_element(perm_.begin() + nd.begin, perm_.begin() + nd.end)
+                                           : std::min(min_index_[id + 1], min_index_[nd.right]);
+        }
     }
 
     // k nearest by (key, index) for nq queries (row-major), or for every point when queries is
@@ -221,26 +228,28 @@ private:
         }
     }
 
-    // Depth-first, nearer child first; a node is skipped only when its min key exceeds the
-    // k-th key (an equal key may still enter with a smaller index). self: tree position to skip.
+    // Depth-first, nearer child first. A node is skipped when (its min key, its min index)
+    // cannot beat the k-th (key, index): the index bound is what keeps the search short on
+    // duplicated points, where every key ties at 0. self: tree position to skip.
     template <class M>
     void search(const M& m, const T* q, const TopK<T>& best, int64_t self, T* keys) const {
+        auto hopeless = [&](T min_key, int64_t id) { return !best.admits(min_key, min_index_[id]); };
         Stack stack;
         int top = 0;
         stack[top++] = {0, T(0)};
         while (top > 0) {
             Pending p = stack[--top];
-            if (p.min_key > best.worst()) continue;
+            if (hopeless(p.min_key, p.node)) continue;
             int64_t id = p.node;
             while (nodes_[id].right != 0) {
                 int64_t near = id + 1, far = nodes_[id].right;
                 T near_key = node_min(m, q, near), far_key = node_min(m, q, far);
-                if (far_key < near_key) {
+                if (key_index_less(far_key, min_index_[far], near_key, min_index_[near])) {
                     std::swap(near, far);
                     std::swap(near_key, far_key);
                 }
-                if (far_key <= best.worst()) stack[top++] = {far, far_key};
-                if (near_key > best.worst()) {
+                if (!hopeless(far_key, far)) stack[top++] = {far, far_key};
+                if (hopeless(near_key, near)) {
                     id = -1;
                     break;
                 }
@@ -300,6 +309,7 @@ private:
     std::vector<Node> nodes_;  // depth-first order
     std::vector<T> lo_, hi_;   // tight bounding box of node id: [id * d, id * d + d)
     std::vector<int64_t> perm_;  // original row of tree position t
+    std::vector<int64_t> min_index_;  // smallest original row in node id
     std::vector<T> x_;         // coordinate c of tree position t at x_[c * n + t]
 };
 

@@ -43,6 +43,26 @@ int64_t leading_true(F f, int64_t limit) {
     return lo;
 }
 
+// Sorts v ascending with the OpenMP team: one run per thread, then rounds of pairwise merges.
+template <class E>
+void parallel_sort(std::vector<E>& v) {
+    const int64_t n = int64_t(v.size());
+    const int64_t runs = std::max<int64_t>(1, std::min<int64_t>(max_threads(), n / 65536));
+    std::vector<int64_t> bounds(runs + 1);
+    for (int64_t r = 0; r <= runs; ++r) bounds[r] = n * r / runs;
+#pragma omp parallel for num_threads(int(runs)) schedule(static, 1)
+    for (int64_t r = 0; r < runs; ++r) std::sort(v.begin() + bounds[r], v.begin() + bounds[r + 1]);
+    std::vector<E> buffer(runs > 1 ? n : 0);
+    for (int64_t width = 1; width < runs; width *= 2) {
+#pragma omp parallel for num_threads(int(runs)) schedule(static, 1)
+        for (int64_t r = 0; r < runs; r += 2 * width) {
+            const int64_t a = bounds[r], b = bounds[std::min(r + width, runs)], c = bounds[std::min(r + 2 * width, runs)];
+            std::merge(v.begin() + a, v.begin() + b, v.begin() + b, v.begin() + c, buffer.begin() + a);
+        }
+        v.swap(buffer);
+    }
+}
+
 template <class T>
 class Sorted1d {
 public:
@@ -51,7 +71,7 @@ public:
     Sorted1d(const T* x, int64_t n) : n_(n), v_(n), perm_(n) {
         std::vector<std::pair<T, int64_t>> sorted(n);
         for (int64_t i = 0; i < n; ++i) sorted[i] = {x[i], i};
-        std::sort(sorted.begin(), sorted.end());
+        parallel_sort(sorted);
         for (int64_t s = 0; s < n; ++s) {
             v_[s] = sorted[s].first;
             perm_[s] = sorted[s].second;
