@@ -39,3 +39,18 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class Report:
+    """Rows printed as they come (long runs show progress), then the machine and the whole table."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, **row):
+        self.rows.append(row)
+        print(table([row]).splitlines()[-1], flush=True)
+
+    def finish(self):
+        print(f"\n{machine()}\n")
+        print(table(self.rows))

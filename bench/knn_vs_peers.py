@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 import infolens as il
-from _harness import machine, table, timed
+from _harness import Report, timed
 
 K = 3
 
@@ -96,16 +96,12 @@ def main():
     rng = np.random.default_rng(0)
     cases = [(ksg_1d_vs_sklearn, 1_000_000), (ksg_2d_vs_scipy, 1_000_000),
              (entropy_16d_vs_scipy, 200_000), (euclidean_64d_vs_faiss, 100_000)]
-    rows = []
+    report = Report()
     for case, n in cases:
         what, n, peer, t_peer, t_ours, diff = case(n // scale, rng)
-        rows.append({"case": what, "N": f"{n:.0e}", "peer": peer, "peer s": f"{t_peer:.2f}",
-                     "infolens s": f"{t_ours:.2f}", "speed-up": f"{t_peer / t_ours:.1f}x",
-                     "difference": f"{diff:.1e}"})
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{machine()}\n")
-    print(table(rows))
-
+        report.add(case=what, N=f"{n:.0e}", peer=peer, **{"peer s": f"{t_peer:.2f}", "infolens s": f"{t_ours:.2f}",
+                   "speed-up": f"{t_peer / t_ours:.1f}x", "difference": f"{diff:.1e}"})
+    report.finish()
 
 if __name__ == "__main__":
     main()

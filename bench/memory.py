@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from _harness import machine, table
+from _harness import Report
 
 CHILD = """
 import json, resource, numpy as np, infolens as il
@@ -33,17 +33,14 @@ CALLS = {
 
 
 def main(n: int = 1_000_000):
-    rows = []
+    report = Report()
     for what, call in CALLS.items():
         out = subprocess.run([sys.executable, "-c", CHILD.format(n=n, call=call)], check=True,
                              capture_output=True, text=True).stdout
         before, after, value = json.loads(out)
-        rows.append({"estimate": what, "N": f"{n:.0e}", "peak RSS MiB": f"{after / 1024:.0f}",
-                     "added by the estimate MiB": f"{(after - before) / 1024:.0f}", "value": f"{value:.4f}"})
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{machine()}\n")
-    print(table(rows))
-
+        report.add(estimate=what, N=f"{n:.0e}", **{"peak RSS MiB": f"{after / 1024:.0f}",
+                   "added by the estimate MiB": f"{(after - before) / 1024:.0f}", "value": f"{value:.4f}"})
+    report.finish()
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 import infolens as il
-from _harness import machine, table, timed
+from _harness import Report, timed
 
 
 def main():
@@ -32,16 +32,13 @@ def main():
         "Ross, 4-D x 10 labels": lambda b: il.mutual_info(x, labels, backend=b),
         "Frenzel-Pompe CMI, 1-D x 1-D | 2-D": lambda b: il.conditional_mutual_info(x[:, 0], y[:, 0], x[:, 2:], backend=b),
     }
-    rows = []
+    report = Report()
     for what, call in cases.items():
         t_ref, ref = timed(lambda: call("reference"))
         t_nat, nat = timed(lambda: call("native"), repeat=3)
-        rows.append({"estimate": what, "N": n, "reference s": f"{t_ref:.2f}", "native s": f"{t_nat:.3f}",
-                     "speed-up": f"{t_ref / t_nat:.0f}x", "|difference|": f"{abs(float(ref) - float(nat)):.1e}"})
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\n{machine()}\n")
-    print(table(rows))
-
+        report.add(estimate=what, N=n, **{"reference s": f"{t_ref:.2f}", "native s": f"{t_nat:.3f}",
+                   "speed-up": f"{t_ref / t_nat:.0f}x", "|difference|": f"{abs(float(ref) - float(nat)):.1e}"})
+    report.finish()
 
 if __name__ == "__main__":
     main()

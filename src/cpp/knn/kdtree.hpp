@@ -57,23 +57,11 @@ public:
     template <class M>
     void knn(const M& m, int64_t k, T* out_keys, int64_t* out_idx, const T* queries, int64_t nq,
              int threads) const {
-        const bool self = queries == nullptr;
-        const int nt = team_size(threads);
-        std::vector<T> scratch(size_t(nt) * (leaf_ + d_));
-#pragma omp parallel num_threads(nt)
-        {
-            T* leaf_keys = scratch.data() + size_t(thread_id()) * (leaf_ + d_);
-            T* q = leaf_keys + leaf_;
-#pragma omp for schedule(dynamic, 128)
-            for (int64_t i = 0; i < nq; ++i) {
-                // The self-join walks queries in tree order: neighbouring queries share paths.
-                const int64_t row = self ? perm_[i] : i;
-                load_query(q, queries, i);
-                const TopK<T> best{out_keys + row * k, out_idx + row * k, k};
-                best.clear();
-                search(m, q, best, self ? i : -1, leaf_keys);
-            }
-        }
+        for_each_query(queries, nq, threads, [&](int64_t row, const T* q, int64_t self, T* leaf_keys) {
+            const TopK<T> best{out_keys + row * k, out_idx + row * k, k};
+            best.clear();
+            search(m, q, best, self, leaf_keys);
+        });
     }
 
     // out[i] = #{j : key(q_i, x_j) < radius[i]} (Strict) or <= radius[i]; the self-join
@@ -81,24 +69,13 @@ public:
     template <class M, bool Strict>
     void count(const M& m, const T* radius, int64_t* out, const T* queries, int64_t nq,
                int threads) const {
-        const bool self = queries == nullptr;
-        const int nt = team_size(threads);
-        std::vector<T> scratch(size_t(nt) * (leaf_ + d_));
-#pragma omp parallel num_threads(nt)
-        {
-            T* leaf_keys = scratch.data() + size_t(thread_id()) * (leaf_ + d_);
-            T* q = leaf_keys + leaf_;
-#pragma omp for schedule(dynamic, 128)
-            for (int64_t i = 0; i < nq; ++i) {
-                const int64_t row = self ? perm_[i] : i;
-                load_query(q, queries, i);
-                const T r = radius[row];
-                int64_t c = count_within<M, Strict>(m, q, r, leaf_keys);
-                // The point itself has key 0 exactly; it was counted iff 0 passes the predicate.
-                if (self && passes<Strict>(T(0), r)) --c;
-                out[row] = c;
-            }
-        }
+        for_each_query(queries, nq, threads, [&](int64_t row, const T* q, int64_t self, T* leaf_keys) {
+            const T r = radius[row];
+            int64_t c = count_within<M, Strict>(m, q, r, leaf_keys);
+            // The point itself has key 0 exactly; it was counted iff 0 passes the predicate.
+            if (self >= 0 && passes<Strict>(T(0), r)) --c;
+            out[row] = c;
+        });
     }
 
 private:
@@ -196,11 +173,26 @@ private:
         if (hi - lo == 2 && v(lo + 1) < v(lo)) swap_rows(lo, lo + 1);
     }
 
-    void load_query(T* q, const T* queries, int64_t i) const {
-        if (queries)
-            std::copy(queries + i * d_, queries + i * d_ + d_, q);
-        else
-            for (int64_t c = 0; c < d_; ++c) q[c] = x_[c * n_ + i];
+    // Calls f(row, query, self, leaf scratch) for every query over the OpenMP team. self is the
+    // query's tree position in the self-join (to be skipped), -1 for outside queries. The
+    // self-join walks queries in tree order, so neighbouring queries share paths and cache lines.
+    template <class F>
+    void for_each_query(const T* queries, int64_t nq, int threads, const F& f) const {
+        const int nt = team_size(threads);
+        std::vector<T> scratch(size_t(nt) * (leaf_ + d_));
+#pragma omp parallel num_threads(nt)
+        {
+            T* leaf_keys = scratch.data() + size_t(thread_id()) * (leaf_ + d_);
+            T* q = leaf_keys + leaf_;
+#pragma omp for schedule(dynamic, 128)
+            for (int64_t i = 0; i < nq; ++i) {
+                if (queries)
+                    std::copy(queries + i * d_, queries + i * d_ + d_, q);
+                else
+                    for (int64_t c = 0; c < d_; ++c) q[c] = x_[c * n_ + i];
+                f(queries ? i : perm_[i], q, queries ? -1 : i, leaf_keys);
+            }
+        }
     }
 
     // Smallest key from q to any point of node id's box.

@@ -89,22 +89,8 @@ public:
             std::vector<int64_t> tied;
 #pragma omp for schedule(dynamic, 512)
             for (int64_t t = 0; t < nq; ++t) {
-                // Self-join: query = sorted position t, its left side starts at t - 1 and its
-                // right side at t + 1. Otherwise the sides meet at the first value >= q.
-                int64_t row, left, right;
-                T q;
-                if (queries) {
-                    row = order[t];
-                    q = queries[row];
-                    right = lower_bound(q);
-                    left = right - 1;
-                } else {
-                    row = perm_[t];
-                    q = v_[t];
-                    left = t - 1;
-                    right = t + 1;
-                }
-                nearest(m, q, left, right, k, out_keys + row * k, out_idx + row * k, below, tied);
+                const Start s = start(t, queries, order);
+                nearest(m, s.q, s.left, s.right, k, out_keys + s.row * k, out_idx + s.row * k, below, tied);
             }
         }
     }
@@ -116,26 +102,14 @@ public:
         const int nt = team_size(threads);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 2048)
         for (int64_t t = 0; t < nq; ++t) {
-            int64_t row, left, right;
-            T q;
-            if (queries) {
-                row = order[t];
-                q = queries[row];
-                right = lower_bound(q);
-                left = right - 1;
-            } else {
-                row = perm_[t];
-                q = v_[t];
-                left = t - 1;
-                right = t + 1;
-            }
-            const T r = radius[row];
+            const Start s = start(t, queries, order);
+            const T r = radius[s.row];
             auto within = [&](int64_t j) {
-                const T key = key1(m, q, j);
+                const T key = key1(m, s.q, j);
                 return Strict ? key < r : key <= r;
             };
-            out[row] = leading_true([&](int64_t i) { return within(left - i); }, left + 1) +
-                       leading_true([&](int64_t i) { return within(right + i); }, n_ - right);
+            out[s.row] = leading_true([&](int64_t i) { return within(s.left - i); }, s.left + 1) +
+                         leading_true([&](int64_t i) { return within(s.right + i); }, n_ - s.right);
         }
     }
 
@@ -143,6 +117,22 @@ private:
     template <class M>
     T key1(const M& m, T q, int64_t j) const {
         return M::fold(T(0), m.term(T(q - v_[j])));
+    }
+
+    // The t-th query in processing order: its output row, its value, and the sorted positions
+    // where its left and right sides begin. The self-join's query t is sorted position t, which
+    // both sides skip; an outside query's sides meet at the first value >= q.
+    struct Start {
+        int64_t row;
+        T q;
+        int64_t left, right;
+    };
+
+    Start start(int64_t t, const T* queries, const std::vector<int64_t>& order) const {
+        if (!queries) return {perm_[t], v_[t], t - 1, t + 1};
+        const int64_t row = order[t];
+        const int64_t right = lower_bound(queries[row]);
+        return {row, queries[row], right - 1, right};
     }
 
     int64_t lower_bound(T q) const { return std::lower_bound(v_.begin(), v_.end(), q) - v_.begin(); }
