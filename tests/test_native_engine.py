@@ -149,3 +149,29 @@ def test_cuda_module_reports_devices():
         cuda.device_info(cuda.device_count())
     for device in range(cuda.device_count()):
         assert cuda.device_info(device)["multiprocessors"] > 0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "lattice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_two_dimensional_max_norm_counts(kind, dtype):
+    # 2-D max-norm counts take the rank sweep (rank_sweep.hpp), in slabs across threads: it must
+    # agree with brute force on self-joins and outside queries, with ties on every boundary.
+    g = torch.Generator().manual_seed(65)
+    if kind == "gaussian":
+        x = torch.randn(30_000, 2, generator=g, dtype=torch.float64).to(dtype)
+    else:
+        x = torch.randint(0, 40, (30_000, 2), generator=g).to(dtype) / 8
+    q = x[:4000] + torch.randint(-1, 2, (4000, 2), generator=g).to(dtype) / 16
+    tree, brute = _backend.NativeIndex(x, math.inf, "kdtree"), _backend.NativeIndex(x, math.inf, "brute")
+    radius = tree.knn(6)[0][:, 5].contiguous()
+    for strict in (True, False):
+        expected = brute.count(radius, strict)
+        assert torch.equal(tree.count(radius, strict), expected)
+        assert torch.equal(tree.count(radius[:4000].contiguous(), strict, q), brute.count(radius[:4000].contiguous(), strict, q))
+        for threads in (1, 3):
+            out = np.empty(30_000, np.int64)
+            tree._index.count(radius.numpy(), math.inf, strict, out, None, threads)
+            assert np.array_equal(out, expected.numpy())
+    zero = torch.zeros(30_000, dtype=dtype)
+    assert torch.equal(tree.count(zero, True), torch.zeros(30_000, dtype=torch.int64))
+    assert torch.equal(tree.count(zero, False), brute.count(zero, False))

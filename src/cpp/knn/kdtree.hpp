@@ -13,11 +13,15 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "knn/metric.hpp"
 #include "knn/parallel.hpp"
+#include "knn/rank_sweep.hpp"
 #include "knn/topk.hpp"
 
 namespace infolens::knn {
@@ -69,6 +73,14 @@ public:
     template <class M, bool Strict>
     void count(const M& m, const T* radius, int64_t* out, const T* queries, int64_t nq,
                int threads) const {
+        if constexpr (std::is_same_v<M, MaxNorm>) {
+            if (d_ == 2 && RankSweep2d<T>::fits(n_)) {
+                std::call_once(*sweep_once_, [&] { sweep_ = std::make_unique<RankSweep2d<T>>(&x_[0], &x_[n_], perm_.data(), n_); });
+                // The sweep reads radii and writes counts by original index, as the self-join rows are.
+                sweep_->template count<Strict>(radius, out, queries, nq, threads);
+                return;
+            }
+        }
         for_each_query(queries, nq, threads, [&](int64_t row, const T* q, int64_t self, T* leaf_keys) {
             const T r = radius[row];
             int64_t c = count_within<M, Strict>(m, q, r, leaf_keys);
@@ -303,6 +315,9 @@ private:
     std::vector<int64_t> perm_;  // original row of tree position t
     std::vector<int64_t> min_index_;  // smallest original row in node id
     std::vector<T> x_;         // coordinate c of tree position t at x_[c * n + t]
+    // Max-norm counts in 2-D go to a rank sweep (rank_sweep.hpp), built on first use.
+    mutable std::unique_ptr<std::once_flag> sweep_once_ = std::make_unique<std::once_flag>();
+    mutable std::unique_ptr<RankSweep2d<T>> sweep_;
 };
 
 }  // namespace infolens::knn
