@@ -30,7 +30,7 @@ def main():
         "KSG-1, 1-D x 1-D": lambda b: il.mutual_info(x[:, 0], y[:, 0], backend=b),
         "KSG-2, 2-D x 2-D": lambda b: il.mutual_info(x[:, :2], y[:, :2], method="ksg2", backend=b),
         "Ross, 4-D x 10 labels": lambda b: il.mutual_info(x, labels, backend=b),
-        "Frenzel-Pompe CMI, 1-D x 1-D | 2-D": lambda b: il.conditional_mutual_info(x[:, 0], y[:, 0], x[:, 2:], backend=b),
+        "Frenzel-Pompe CMI, 1-D x 1-D given 2-D": lambda b: il.conditional_mutual_info(x[:, 0], y[:, 0], x[:, 2:], backend=b),
     }
     report = Report()
     for what, call in cases.items():
