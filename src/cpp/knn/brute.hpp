@@ -166,7 +166,7 @@ private:
                     for (int r = 0; r < R; ++r) {
                         const V row_thr = vbroadcast<V>(thr[i0 + r]);
                         for (int v = 0; v < C; ++v)
-                            hit |= (acc[r][v] <= row_thr) | (acc[r][v] <= col_thr[v]);
+                            hit |= vless(acc[r][v], row_thr, true) | vless(acc[r][v], col_thr[v], true);
                     }
                     if (!vany(hit)) continue;
                     for (int r = 0; r < R; ++r)
@@ -225,7 +225,7 @@ private:
                     I hit = I{};
                     for (int r = 0; r < R; ++r) {
                         const V row_thr = vbroadcast<V>(thr[i0 + r]);
-                        for (int v = 0; v < C; ++v) hit |= acc[r][v] <= row_thr;
+                        for (int v = 0; v < C; ++v) hit |= vless(acc[r][v], row_thr, true);
                     }
                     if (!vany(hit)) continue;
                     for (int r = 0; r < R && i0 + r < rows; ++r)
@@ -240,7 +240,7 @@ private:
 
     template <bool Strict>
     static I passes(V key, V r) {
-        return Strict ? I(key < r) : I(key <= r);
+        return vless(key, r, !Strict);
     }
 
     static Lane lane_sum(I v) {
@@ -249,18 +249,16 @@ private:
         return s;
     }
 
-    static I lane_iota() {
-        I v;
-        for (int l = 0; l < W; ++l) v[l] = Lane(l);
-        return v;
-    }
-
     // Lanes of vector v in a micro-tile at (i0 + r, j0) holding a pair to count: a real column
-    // (j < n), and on the diagonal only j > i. Rows past n are skipped by the caller.
+    // (j < n), and on the diagonal only j > i. Rows past n are skipped by the caller. Built lane
+    // by lane: only boundary tiles need it, and 64-bit lane compares have no SSE2 instruction
+    // (GCC 12 fails to compile them for the baseline target).
     I pair_mask(int64_t i0, int r, int64_t j0, int v, bool diag) const {
-        const I col = lane_iota() + Lane(v * W);
-        I ok = col < Lane(std::clamp<int64_t>(n_ - j0, 0, PW));
-        if (diag) ok &= col + Lane(j0 - i0) > Lane(r);
+        I ok;
+        for (int l = 0; l < W; ++l) {
+            const int64_t j = j0 + v * W + l;
+            ok[l] = j < n_ && (!diag || j > i0 + r) ? Lane(-1) : Lane(0);
+        }
         return ok;
     }
 

@@ -54,10 +54,32 @@ inline V vabs(V t) {
     }
 }
 
-// max(s, a) in the form x86 max instructions implement exactly (no NaN reaches a key).
+// Lane masks (0 or -1) of a < b and a <= b. GCC 12 cannot compile 64-bit-lane compares for
+// x86 below SSE4.1 (an internal compiler error), so that target compares lane by lane.
+template <class V>
+inline auto vless(V a, V b, bool or_equal) {
+    using I = typename Simd<elem_t<V>>::I;
+#if defined(__x86_64__) && !defined(__SSE4_1__)
+    if constexpr (sizeof(elem_t<V>) == 8) {
+        I m;
+        for (int l = 0; l < Simd<elem_t<V>>::W; ++l) m[l] = (or_equal ? a[l] <= b[l] : a[l] < b[l]) ? -1 : 0;
+        return m;
+    }
+#endif
+    return or_equal ? I(a <= b) : I(a < b);
+}
+
+// max(s, a) as x86 max instructions compute it (no NaN reaches a key); vectors select with
+// bit masks.
 template <class V>
 inline V vmax(V s, V a) {
-    return s < a ? a : s;
+    if constexpr (is_scalar_v<V>) {
+        return s < a ? a : s;
+    } else {
+        using I = typename Simd<elem_t<V>>::I;
+        const I take_a = vless(s, a, false);
+        return (V)(((I)a & take_a) | ((I)s & ~take_a));
+    }
 }
 
 template <class V>
