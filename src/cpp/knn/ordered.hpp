@@ -1,9 +1,11 @@
-// Searching sorted arrays, shared by the engines that work on ranks (sorted1d.hpp,
-// rank_sweep.hpp): galloping search on a monotone predicate, and a parallel sort.
+// Sorted values and the searches on them, shared by the engines that work on ranks
+// (sorted1d.hpp, rank_sweep.hpp): galloping on a monotone predicate, a parallel sort, and one
+// coordinate kept in (value, index) order.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "knn/parallel.hpp"
@@ -53,5 +55,37 @@ void parallel_sort(std::vector<E>& v) {
         v.swap(buffer);
     }
 }
+
+// One coordinate in ascending (value, index) order: v[s] is the s-th smallest value and id[s]
+// the index it came with, so equal values run in ascending index.
+template <class T>
+struct SortedValues {
+    std::vector<T> v;
+    std::vector<int64_t> id;
+
+    // values[t] carries index ids[t], or t itself when ids is null.
+    SortedValues(const T* values, const int64_t* ids, int64_t n) : v(n), id(n) {
+        std::vector<std::pair<T, int64_t>> sorted(n);
+        for (int64_t t = 0; t < n; ++t) sorted[t] = {values[t], ids ? ids[t] : t};
+        parallel_sort(sorted);
+        for (int64_t s = 0; s < n; ++s) {
+            v[s] = sorted[s].first;
+            id[s] = sorted[s].second;
+        }
+    }
+
+    int64_t size() const { return int64_t(v.size()); }
+
+    int64_t lower_bound(T q) const { return std::lower_bound(v.begin(), v.end(), q) - v.begin(); }
+
+    // Lengths of the runs of positions passing `pass` walking outward: left, left - 1, ..., 0
+    // and right, right + 1, ..., size - 1, for `pass` true on a prefix of each walk (keys
+    // growing away from a query).
+    template <class Pass>
+    std::pair<int64_t, int64_t> runs(int64_t left, int64_t right, const Pass& pass) const {
+        return {leading_true([&](int64_t k) { return pass(left - k); }, left + 1),
+                leading_true([&](int64_t k) { return pass(right + k); }, size() - right)};
+    }
+};
 
 }  // namespace infolens::knn

@@ -113,37 +113,28 @@ private:
         return Strict ? key < r : key <= r;
     }
 
-    // One coordinate in ascending (value, original index) order.
-    struct Axis {
-        std::vector<T> v;
-        std::vector<int64_t> id;    // original index at sorted position s
+    // One coordinate in ascending (value, original index) order, and each index's position.
+    struct Axis : SortedValues<T> {
         std::vector<int64_t> rank;  // sorted position of original index i
 
-        Axis(const T* values, const int64_t* ids, int64_t n) : v(n), id(n), rank(n) {
-            std::vector<std::pair<T, int64_t>> sorted(n);
-            for (int64_t t = 0; t < n; ++t) sorted[t] = {values[t], ids[t]};
-            parallel_sort(sorted);
-            for (int64_t s = 0; s < n; ++s) {
-                v[s] = sorted[s].first;
-                id[s] = sorted[s].second;
-                rank[id[s]] = s;
-            }
+        Axis(const T* values, const int64_t* ids, int64_t n) : SortedValues<T>(values, ids, n), rank(n) {
+            for (int64_t s = 0; s < n; ++s) rank[this->id[s]] = s;
         }
 
-        // Sorted positions [a, b) whose key to qc passes: the runs left of `left` and right of
-        // `right` (inclusive), the positions where keys start to grow on either side of qc.
+        // Sorted positions [a, b) whose key to qc passes: the runs outward from `left` and
+        // `right`, the positions where keys start to grow on either side of qc.
         template <bool Strict>
         std::pair<int64_t, int64_t> interval(T qc, int64_t left, int64_t right, T r) const {
-            auto within = [&](int64_t s) { return passes<Strict>(MaxNorm::fold(T(0), MaxNorm{}.term(T(qc - v[s]))), r); };
-            const int64_t a = left + 1 - leading_true([&](int64_t k) { return within(left - k); }, left + 1);
-            const int64_t b = right + leading_true([&](int64_t k) { return within(right + k); }, int64_t(v.size()) - right);
-            return {a, b};
+            const auto [left_run, right_run] = this->runs(left, right, [&](int64_t s) {
+                return passes<Strict>(MaxNorm::fold(T(0), MaxNorm{}.term(T(qc - this->v[s]))), r);
+            });
+            return {left + 1 - left_run, right + right_run};
         }
 
         // The same for a point outside the set.
         template <bool Strict>
         std::pair<int64_t, int64_t> interval(T qc, T r) const {
-            const int64_t right = std::lower_bound(v.begin(), v.end(), qc) - v.begin();
+            const int64_t right = this->lower_bound(qc);
             return interval<Strict>(qc, right - 1, right, r);
         }
     };

@@ -25,15 +25,7 @@ class Sorted1d {
 public:
     using value_type = T;
 
-    Sorted1d(const T* x, int64_t n) : n_(n), v_(n), perm_(n) {
-        std::vector<std::pair<T, int64_t>> sorted(n);
-        for (int64_t i = 0; i < n; ++i) sorted[i] = {x[i], i};
-        parallel_sort(sorted);
-        for (int64_t s = 0; s < n; ++s) {
-            v_[s] = sorted[s].first;
-            perm_[s] = sorted[s].second;
-        }
-    }
+    Sorted1d(const T* x, int64_t n) : sorted_(x, nullptr, n) {}
 
     template <class M>
     void knn(const M& m, int64_t k, T* out_keys, int64_t* out_idx, const T* queries, int64_t nq,
@@ -65,15 +57,15 @@ public:
                 const T key = key1(m, s.q, j);
                 return Strict ? key < r : key <= r;
             };
-            out[s.row] = leading_true([&](int64_t i) { return within(s.left - i); }, s.left + 1) +
-                         leading_true([&](int64_t i) { return within(s.right + i); }, n_ - s.right);
+            const auto [left_run, right_run] = sorted_.runs(s.left, s.right, within);
+            out[s.row] = left_run + right_run;
         }
     }
 
 private:
     template <class M>
     T key1(const M& m, T q, int64_t j) const {
-        return M::fold(T(0), m.term(T(q - v_[j])));
+        return M::fold(T(0), m.term(T(q - sorted_.v[j])));
     }
 
     // The t-th query in processing order: its output row, its value, and the sorted positions
@@ -86,13 +78,11 @@ private:
     };
 
     Start start(int64_t t, const T* queries, const std::vector<int64_t>& order) const {
-        if (!queries) return {perm_[t], v_[t], t - 1, t + 1};
+        if (!queries) return {sorted_.id[t], sorted_.v[t], t - 1, t + 1};
         const int64_t row = order[t];
-        const int64_t right = lower_bound(queries[row]);
+        const int64_t right = sorted_.lower_bound(queries[row]);
         return {row, queries[row], right - 1, right};
     }
-
-    int64_t lower_bound(T q) const { return std::lower_bound(v_.begin(), v_.end(), q) - v_.begin(); }
 
     // Queries by ascending value (empty for the self-join, which runs in sorted order).
     static std::vector<int64_t> query_order(const T* queries, int64_t nq) {
@@ -113,7 +103,7 @@ private:
         int64_t l = left, r = right;
         T kth = 0;
         for (int64_t taken = 0; taken < k; ++taken) {
-            const bool take_left = r >= n_ || (l >= 0 && key1(m, q, l) <= key1(m, q, r));
+            const bool take_left = r >= sorted_.size() || (l >= 0 && key1(m, q, l) <= key1(m, q, r));
             kth = take_left ? key1(m, q, l--) : key1(m, q, r++);
         }
         // 2. Keys below K were all read, as a prefix of each side; they enter in (key, index)
@@ -121,9 +111,9 @@ private:
         below.clear();
         int64_t nl = 0, nr = 0;
         for (; left - nl > l && key1(m, q, left - nl) < kth; ++nl)
-            below.push_back({key1(m, q, left - nl), perm_[left - nl]});
+            below.push_back({key1(m, q, left - nl), sorted_.id[left - nl]});
         for (; right + nr < r && key1(m, q, right + nr) < kth; ++nr)
-            below.push_back({key1(m, q, right + nr), perm_[right + nr]});
+            below.push_back({key1(m, q, right + nr), sorted_.id[right + nr]});
         std::sort(below.begin(), below.end());
         for (size_t s = 0; s < below.size(); ++s) {
             keys[s] = below[s].first;
@@ -134,8 +124,7 @@ private:
         // indices ascend, so each block offers at most `need` candidates.
         const int64_t need = k - int64_t(below.size());
         const int64_t l_end = left - nl, r_begin = right + nr;
-        const int64_t l_run = leading_true([&](int64_t i) { return key1(m, q, l_end - i) == kth; }, l_end + 1);
-        const int64_t r_run = leading_true([&](int64_t i) { return key1(m, q, r_begin + i) == kth; }, n_ - r_begin);
+        const auto [l_run, r_run] = sorted_.runs(l_end, r_begin, [&](int64_t j) { return key1(m, q, j) == kth; });
         tied.clear();
         add_block_heads(l_end - l_run + 1, l_end + 1, need, tied);
         add_block_heads(r_begin, r_begin + r_run, need, tied);
@@ -149,16 +138,14 @@ private:
     // Appends the first `need` indices of every block of equal values in positions [a, b).
     void add_block_heads(int64_t a, int64_t b, int64_t need, std::vector<int64_t>& out) const {
         while (a < b) {
-            const T value = v_[a];
-            const int64_t len = leading_true([&](int64_t i) { return v_[a + i] == value; }, b - a);
-            out.insert(out.end(), perm_.begin() + a, perm_.begin() + a + std::min(len, need));
+            const T value = sorted_.v[a];
+            const int64_t len = leading_true([&](int64_t i) { return sorted_.v[a + i] == value; }, b - a);
+            out.insert(out.end(), sorted_.id.begin() + a, sorted_.id.begin() + a + std::min(len, need));
             a += len;
         }
     }
 
-    int64_t n_;
-    std::vector<T> v_;           // values ascending, equal values by ascending index
-    std::vector<int64_t> perm_;  // original index of sorted position s
+    SortedValues<T> sorted_;
 };
 
 }  // namespace infolens::knn

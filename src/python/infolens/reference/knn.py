@@ -112,7 +112,7 @@ def _smallest(keys: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tenso
     take the full stable sort instead.
     """
     width = min(width, keys.shape[1])
-    cut = torch.topk(keys, width, dim=1, largest=False, sorted=True).values[:, -1:]
+    cut = torch.topk(keys, width, dim=1, largest=False, sorted=False).values.amax(dim=1, keepdim=True)
     below = keys <= cut
     exact = below.sum(dim=1) == width
     out_keys = keys.new_empty(keys.shape[0], width)
