@@ -3,8 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include "array_checks.hpp"
+#include "kernel/matrix.hpp"
 #include "knn/index.hpp"
-#include "knn/parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace py = pybind11;
 using infolens::check_array;
@@ -82,11 +83,47 @@ void count(const Index& index, const py::array& radius, double p, bool strict, p
     });
 }
 
+// factors: a non-empty list of (kind, points [n, d_f]) sharing n and dtype.
+infolens::kernel::KernelMatrix make_kernel_matrix(const py::list& factors) {
+    using infolens::kernel::Dtype;
+    if (factors.empty()) throw std::invalid_argument("factors must be a non-empty list of (kind, points) pairs");
+    std::vector<infolens::kernel::Factor> views;
+    std::vector<py::array> arrays;
+    for (const auto& item : factors) {
+        if (!py::isinstance<py::tuple>(item) || py::len(item) != 2)
+            throw std::invalid_argument("factors must hold (kind, points) pairs");
+        const auto pair = py::reinterpret_borrow<py::tuple>(item);
+        if (!py::isinstance<py::str>(pair[0])) throw std::invalid_argument("factors: kind must be a string");
+        if (!py::isinstance<py::array>(pair[1])) throw py::type_error("factors: points must be numpy arrays");
+        arrays.push_back(py::reinterpret_borrow<py::array>(pair[1]));
+        views.push_back({pair[0].cast<std::string>(), nullptr, 0});
+    }
+    const py::array& first = arrays[0];
+    const bool single = infolens::has_dtype<float>(first);
+    if (!single && !infolens::has_dtype<double>(first))
+        throw std::invalid_argument("points must have dtype float32 or float64, got " + std::string(py::str(first.dtype())));
+    const int64_t n = first.ndim() == 2 ? first.shape(0) : -1;
+    for (size_t f = 0; f < arrays.size(); ++f) {
+        if (single)
+            check_array<float>(arrays[f], "points", {n, -1});
+        else
+            check_array<double>(arrays[f], "points", {n, -1});
+        views[f].x = arrays[f].data();
+        views[f].d = arrays[f].shape(1);
+    }
+    py::gil_scoped_release release;
+    return infolens::kernel::KernelMatrix(views, single ? Dtype::float32 : Dtype::float64, n);
+}
+
+void check_threads(int threads) {
+    if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: OpenMP's default)");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "infolens CPU kNN engine: exact kNN and radius counts under max-norm, Euclidean and L^p keys";
-    m.def("max_threads", &infolens::knn::max_threads, "OpenMP's default team size (1 without OpenMP).");
+    m.def("max_threads", &infolens::max_threads, "OpenMP's default team size (1 without OpenMP).");
 
     py::class_<Index>(m, "Index")
         .def(py::init(&make_index), py::arg("points").noconvert(), py::arg("algorithm") = "auto",
@@ -103,4 +140,36 @@ PYBIND11_MODULE(_native, m) {
         .def("count", &count, py::arg("radius"), py::arg("p"), py::arg("strict"), py::arg("out").noconvert(),
              py::arg("queries") = py::none(), py::arg("threads") = 0,
              "Fills out [M] with #{j : key < radius} (strict) or <= radius; the self-join excludes j == i.");
+
+    using infolens::kernel::KernelMatrix;
+    py::class_<KernelMatrix>(m, "KernelMatrix")
+        .def(py::init(&make_kernel_matrix), py::arg("factors"),
+             "The Hadamard product of kernels over [(kind, points [n, d_f]), ...] (kinds gaussian "
+             "exp(-|x-y|_2^2), laplacian exp(-|x-y|_1), linear x.y; points C-contiguous float32/float64, copied).")
+        .def_property_readonly("n", &KernelMatrix::n)
+        .def_property_readonly("dtype", [](const KernelMatrix& k) {
+            return k.dtype() == infolens::kernel::Dtype::float32 ? "float32" : "float64";
+        })
+        .def(
+            "matmul",
+            [](const KernelMatrix& k, const py::array& v, py::array out, int threads) {
+                check_threads(threads);
+                check_array<double>(v, "v", {k.n(), -1});
+                check_array<double>(out, "out", {k.n(), v.shape(1)}, true);
+                const auto* pv = static_cast<const double*>(v.data());
+                auto* po = static_cast<double*>(out.mutable_data());
+                const int64_t b = v.shape(1);
+                py::gil_scoped_release release;
+                k.matmul(pv, b, po, threads);
+            },
+            py::arg("v").noconvert(), py::arg("out").noconvert(), py::arg("threads") = 0,
+            "Fills out [n, b] (float64) with K @ v (v: float64 [n, b]).")
+        .def(
+            "sum_squares",
+            [](const KernelMatrix& k, int threads) {
+                check_threads(threads);
+                py::gil_scoped_release release;
+                return k.sum_squares(threads);
+            },
+            py::arg("threads") = 0, "sum_ij K_ij^2 in float64.");
 }

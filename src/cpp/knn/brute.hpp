@@ -17,31 +17,13 @@
 #include <new>
 #include <vector>
 
+#include "common/aligned.hpp"
+#include "common/parallel.hpp"
+#include "common/simd.hpp"
 #include "knn/metric.hpp"
-#include "knn/parallel.hpp"
-#include "knn/simd.hpp"
 #include "knn/topk.hpp"
 
 namespace infolens::knn {
-
-// std::allocator with cache-line alignment, for the SIMD-loaded buffers.
-template <class T>
-struct AlignedAllocator {
-    using value_type = T;
-    static constexpr std::align_val_t kAlign{64};
-    AlignedAllocator() = default;
-    template <class U>
-    AlignedAllocator(const AlignedAllocator<U>&) {}
-    T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-    void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
-    template <class U>
-    bool operator==(const AlignedAllocator<U>&) const { return true; }
-    template <class U>
-    bool operator!=(const AlignedAllocator<U>&) const { return false; }
-};
-
-template <class T>
-using aligned_vector = std::vector<T, AlignedAllocator<T>>;
 
 template <class T>
 class Brute {
@@ -117,30 +99,6 @@ private:
         while (s > kPad && s * d_ * int64_t(sizeof(T)) > 128 * 1024) s /= 2;
         while (s > kPad && s * 4 * nt > npad_) s /= 2;
         return s;
-    }
-
-    // Calls tile(I, J) for every block pair I <= J of nb blocks. Diagonal tiles first, then
-    // rounds of the circle method: each block in at most one pair per round, so the tiles of a
-    // round write disjoint rows; the barrier after each round orders the rest.
-    template <class Tile>
-    static void for_each_block_pair(int64_t nb, int nt, const Tile& tile) {
-        const int64_t teams = nb + (nb & 1);  // an odd count gets a bye (an empty block)
-#pragma omp parallel num_threads(nt)
-        {
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t b = 0; b < nb; ++b) tile(b, b);
-            for (int64_t round = 0; round + 1 < teams; ++round) {
-#pragma omp for schedule(dynamic, 1)
-                for (int64_t m = 0; m < teams / 2; ++m) {
-                    int64_t a = teams - 1, b = round;
-                    if (m > 0) {
-                        a = (round + m) % (teams - 1);
-                        b = (round - m + teams - 1) % (teams - 1);
-                    }
-                    if (a < nb && b < nb) tile(std::min(a, b), std::max(a, b));
-                }
-            }
-        }
     }
 
     // ---- kNN ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "knn/metric.hpp"
-#include "knn/parallel.hpp"
+#include "common/parallel.hpp"
 #include "knn/rank_sweep.hpp"
 #include "knn/topk.hpp"
 

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "knn/simd.hpp"
+#include "common/simd.hpp"
 
 namespace infolens::knn {
 

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "knn/parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace infolens::knn {
 

@@ -20,7 +20,7 @@
 
 #include "knn/metric.hpp"
 #include "knn/ordered.hpp"
-#include "knn/parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace infolens::knn {
 

@@ -16,7 +16,7 @@
 
 #include "knn/metric.hpp"
 #include "knn/ordered.hpp"
-#include "knn/parallel.hpp"
+#include "common/parallel.hpp"
 
 namespace infolens::knn {
 

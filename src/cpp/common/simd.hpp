@@ -9,7 +9,7 @@
 #include <limits>
 #include <type_traits>
 
-namespace infolens::knn {
+namespace infolens {
 
 #if defined(__AVX512F__)
 inline constexpr int kVectorBytes = 64;
@@ -93,6 +93,44 @@ inline V vpow(V a, double p) {
     }
 }
 
+// exp(x) lane-wise for x <= 0 (kernel values): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
+// a polynomial for e^r, and n added to the exponent bits. Rounding n by the 1.5 * 2^m magic
+// number leaves n in the low mantissa bits, so no float-to-int conversion is needed (AVX2 has
+// none for 64-bit lanes). Relative error about 2 ulp; arguments below the underflow bound give 0.
+template <class V>
+inline V vexp(V x) {
+    using T = elem_t<V>;
+    using I = typename Simd<T>::I;
+    constexpr bool single = sizeof(T) == 4;
+    constexpr int mantissa = single ? 23 : 52;
+    const T magic = single ? T(12582912.0f) : T(6755399441055744.0);  // 1.5 * 2^mantissa
+    const T ln2_hi = single ? T(0.693359375f) : T(6.93145751953125e-1);
+    const T ln2_lo = single ? T(-2.12194440e-4f) : T(1.42860682030941723212e-6);
+    const T lowest = single ? T(-87.0f) : T(-708.0);
+    const V m = x * T(1.4426950408889634) + magic;
+    const V n = m - magic;
+    const V r = (x - n * ln2_hi) - n * ln2_lo;
+    V p;
+    if constexpr (single) {  // Cephes expf coefficients
+        p = V{} + T(1.9875691500e-4f);
+        p = p * r + T(1.3981999507e-3f);
+        p = p * r + T(8.3334519073e-3f);
+        p = p * r + T(4.1665795894e-2f);
+        p = p * r + T(1.6666665459e-1f);
+        p = p * r + T(5.0000001201e-1f);
+        p = p * r * r + r + T(1);
+    } else {  // Taylor series to r^13: the truncation is below 1e-17 for |r| <= ln2 / 2
+        p = V{} + T(1.0 / 6227020800.0);
+        const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+                                   1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
+                                   1.0 / 6.0, 0.5, 1.0, 1.0};
+        for (double c : inv_fact) p = p * r + T(c);
+    }
+    const I n_bits = (I)m - (I)(V{} + magic);
+    const V result = (V)((I)p + (n_bits << mantissa));
+    return (V)((I)result & ~vless(x, V{} + lowest, false));
+}
+
 template <class V, class T>
 inline V vload(const T* p) {
     V v;
@@ -120,4 +158,4 @@ inline bool vany(I m) {
     return r != 0;
 }
 
-}  // namespace infolens::knn
+}  // namespace infolens
