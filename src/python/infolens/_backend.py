@@ -2,9 +2,10 @@
 
 ``backend="auto" | "native" | "reference"`` on every estimator, or the environment variable
 ``INFOLENS_BACKEND`` when the argument is left at ``"auto"``. ``auto`` runs the native CPU engine
-for CPU tensors and the reference path where no native engine serves the input (a missing
-module, said once in a warning, or CUDA tensors until the CUDA kNN engine lands). ``native``
-insists and fails loudly where it cannot run.
+for CPU tensors, the CUDA engine for CUDA tensors where it implements the primitive (kernel
+matrices so far; kNN comes with its CUDA engine), and the reference path where no native engine
+serves the input (a missing module is said once in a warning). ``native`` insists and fails
+loudly where it cannot run.
 
 An index answers two questions about a fixed point set under one metric key (docs/NATIVE_ABI.md):
 ``knn(k, queries=None) -> (keys [M, k], idx [M, k])`` and
@@ -30,6 +31,15 @@ except ImportError as exc:  # a build without the extension, or a broken one
 else:
     _native_error = ""
 
+try:
+    from . import _native_cuda
+except ImportError:  # built without a CUDA compiler
+    _native_cuda = None
+
+# Which primitives the CUDA module implements, by the function that marks them.
+_CUDA_PRIMITIVES = {"kernel": "kernel_matmul"}
+_LABELS = {"knn": "kNN", "kernel": "kernel-matrix"}
+
 _warned = False
 
 
@@ -37,8 +47,15 @@ def native_available() -> bool:
     return _native is not None
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The engine that runs: "native" or "reference"."""
+def cuda_native(primitive: str) -> bool:
+    """True when the CUDA module is built, implements ``primitive`` and sees a device."""
+    marker = _CUDA_PRIMITIVES.get(primitive)
+    return (_native_cuda is not None and marker is not None and hasattr(_native_cuda, marker)
+            and _native_cuda.device_count() > 0)
+
+
+def resolve(backend: str, device: torch.device, primitive: str = "knn") -> str:
+    """The engine that runs ``primitive`` ("knn" or "kernel") on ``device``: "native" or "reference"."""
     if backend == "auto":
         backend = os.environ.get("INFOLENS_BACKEND", "auto") or "auto"
         if backend not in BACKENDS:
@@ -48,8 +65,11 @@ def resolve(backend: str, device: torch.device) -> str:
     if backend == "reference":
         return "reference"
     if device.type != "cpu":
+        if device.type == "cuda" and cuda_native(primitive):
+            return "native"
         if backend == "native":
-            raise ValueError(f"backend='native' has no kNN engine for {device.type} tensors yet; use backend='auto'")
+            raise ValueError(f"backend='native' has no {_LABELS[primitive]} engine for {device.type} tensors "
+                             "in this build; use backend='auto'")
         return "reference"
     if _native is None:
         if backend == "native":

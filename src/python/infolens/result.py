@@ -20,11 +20,12 @@ class Estimate(float):
     terms, std/sqrt(N): it ignores the weak dependence between kNN terms, so read it as a scale,
     not an exact interval), ``pointwise`` (numpy array of per-sample values or None),
     ``tie_fraction`` (share of samples whose k-th neighbour distance is shared by another point),
-    ``n``, ``k``, ``method``, ``units``, ``backend``.
+    ``n``, ``k``, ``method``, ``units``, ``backend``, and ``details`` (a dict of how it was
+    computed where that takes more than a word: bandwidths, computation path, operator calls).
     """
 
     def __new__(cls, value, *, stderr=math.nan, pointwise=None, tie_fraction=0.0, n=0, k=0,
-                method="", units="nats", backend=""):
+                method="", units="nats", backend="", details=None):
         obj = super().__new__(cls, value)
         obj.stderr = float(stderr)
         obj.pointwise = pointwise
@@ -34,6 +35,7 @@ class Estimate(float):
         obj.method = method
         obj.units = units
         obj.backend = backend
+        obj.details = dict(details or {})
         return obj
 
     @property
@@ -42,7 +44,8 @@ class Estimate(float):
 
     def _fields(self) -> dict:
         return dict(stderr=self.stderr, pointwise=self.pointwise, tie_fraction=self.tie_fraction,
-                    n=self.n, k=self.k, method=self.method, units=self.units, backend=self.backend)
+                    n=self.n, k=self.k, method=self.method, units=self.units, backend=self.backend,
+                    details=self.details)
 
     def __reduce__(self):
         return (_rebuild, (float(self), self._fields()))
