@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <variant>
 
+#include "common/micro.hpp"
 #include "common/parallel.hpp"
 #include "kernel/tiles.hpp"
 
@@ -118,17 +119,7 @@ private:
     static void micro(const T* tile, const T* vb, int64_t bp, double* out, int64_t b, int64_t row, int64_t rows,
                       int64_t col0) {
         V acc[RR][NC] = {};
-        for (int64_t c = 0; c < kT; ++c) {
-            V x[NC];
-#pragma GCC unroll 4
-            for (int u = 0; u < NC; ++u) x[u] = vload<V>(vb + c * bp + u * W);
-#pragma GCC unroll 4
-            for (int r = 0; r < RR; ++r) {
-                const V k = vbroadcast<V>(tile[r * kT + c]);
-#pragma GCC unroll 4
-                for (int u = 0; u < NC; ++u) acc[r][u] += k * x[u];
-            }
-        }
+        micro_tile(tile, kT, vb, bp, kT, acc, [](V a, V k, V x) { return V(a + k * x); });
         for (int r = 0; r < RR && r < rows; ++r)
             for (int u = 0; u < NC; ++u)
                 for (int l = 0; l < W; ++l) {

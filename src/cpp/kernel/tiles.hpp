@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/aligned.hpp"
+#include "common/micro.hpp"
 #include "common/simd.hpp"
 
 namespace infolens::kernel {
@@ -97,9 +98,9 @@ private:
                 const T* rows = &p.rows[(i0 + r0) * p.d];
                 const T* panel = &p.panels[(j0 + c0) * p.d];
                 if (l1)
-                    micro<true>(rows, panel, p.d, acc);
+                    micro_tile(rows, p.d, panel, PW, p.d, acc, [](V a, V q, V x) { return V(a + vabs(V(q - x))); });
                 else
-                    micro<false>(rows, panel, p.d, acc);
+                    micro_tile(rows, p.d, panel, PW, p.d, acc, [](V a, V q, V x) { return V(a + q * x); });
                 for (int r = 0; r < R; ++r)
                     for (int v = 0; v < C; ++v) vstore(out + (r0 + r) * kTile + c0 + v * W, acc[r][v]);
             }
@@ -116,27 +117,6 @@ private:
                 vstore(row + c, vexp(V(-vmax(V{}, d2))));
             }
             if (i0 == j0) row[r] = T(1);  // the diagonal: distance exactly 0
-        }
-    }
-
-    // acc[r][v] = sum_c rows[r][c] * panel[c][v] (dot) or sum_c |rows[r][c] - panel[c][v]| (l1).
-    template <bool l1>
-    static void micro(const T* rows, const T* panel, int64_t d, V (&acc)[R][C]) {
-        for (int64_t c = 0; c < d; ++c) {
-            V x[C];
-#pragma GCC unroll 4
-            for (int v = 0; v < C; ++v) x[v] = vload<V>(panel + c * PW + v * W);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const V q = vbroadcast<V>(rows[r * d + c]);
-#pragma GCC unroll 4
-                for (int v = 0; v < C; ++v) {
-                    if constexpr (l1)
-                        acc[r][v] += vabs(V(q - x[v]));
-                    else
-                        acc[r][v] += q * x[v];
-                }
-            }
         }
     }
 

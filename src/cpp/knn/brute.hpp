@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/aligned.hpp"
+#include "common/micro.hpp"
 #include "common/parallel.hpp"
 #include "common/simd.hpp"
 #include "knn/metric.hpp"
@@ -78,17 +79,8 @@ private:
         for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < C; ++v) acc[r][v] = V{};
-        for (int64_t c = 0; c < d; ++c) {
-            V x[C];
-#pragma GCC unroll 4
-            for (int v = 0; v < C; ++v) x[v] = vload<V>(panel + c * PW + v * W);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const V q = vbroadcast<V>(rows[r * d + c]);
-#pragma GCC unroll 4
-                for (int v = 0; v < C; ++v) acc[r][v] = M::fold(acc[r][v], m.term(V(q - x[v])));
-            }
-        }
+        micro_tile(rows, d, panel, PW, d, acc,
+                   [&m](V a, V q, V x) { return M::fold(a, m.term(V(q - x))); });
     }
 
     const T* panel(int64_t j0) const { return &panels_[j0 * d_]; }  // j0: a multiple of PW
