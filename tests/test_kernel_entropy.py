@@ -246,3 +246,34 @@ def test_estimates_carry_units_and_details():
     assert bits == pytest.approx(float(nats) / math.log(2), rel=1e-12) and bits.units == "bits"
     assert nats.details["path"] == "exact" and nats.details["sigma"][0] > 0 and nats.n == 100
     assert isinstance(infolens.matrix_entropy(torch.from_numpy(x)), infolens.Estimate)
+
+
+def test_bandwidth_rules_measure_what_they_say():
+    from infolens.kernel.kernels import bandwidth
+    rng = np.random.default_rng(12)
+    x = torch.from_numpy(rng.standard_normal((300, 3)))
+    d = torch.cdist(x, x)
+    upper = d[torch.triu(torch.ones(300, 300, dtype=torch.bool), diagonal=1)]
+    assert bandwidth(x, "median", 2.0, 0, "auto") == pytest.approx(float(upper.median()), rel=1e-12)
+    tenth = d.sort(dim=1).values[:, 10]  # column 0 is the point itself
+    assert bandwidth(x, "knn", 2.0, 0, "auto") == pytest.approx(float(tenth.mean()), rel=1e-12)
+    assert bandwidth(x, "silverman", 2.0, 0, "auto") == pytest.approx(math.sqrt(3) * 300 ** (-1 / 7), rel=1e-15)
+    # the kernel reports the sigma it used, and every rule is scale-equivariant
+    for rule in ("median", "knn"):
+        assert matrix_entropy(x, sigma=rule).details["sigma"][0] == pytest.approx(bandwidth(x, rule, 2.0, 0, "auto"))
+        assert matrix_entropy(x, sigma=rule) == pytest.approx(float(matrix_entropy(7 * x, sigma=rule)), abs=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensors_give_the_cpu_values():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    xc = torch.from_numpy(x).cuda()
+    for method in ("exact", "matrix-free"):
+        cpu = matrix_entropy(x, [1, 2], method=method, sigma=4.0)
+        gpu = matrix_entropy(xc, [1, 2], method=method, sigma=4.0)
+        for a, b in zip(cpu, gpu):
+            assert float(a) == pytest.approx(float(b), abs=1e-4)
+    assert gpu[0].backend == "native"
+    assert diffusion_spectral_entropy(xc) == pytest.approx(float(diffusion_spectral_entropy(x)), abs=1e-4)

@@ -26,7 +26,7 @@ import torch
 from .._arrays import as_labels, as_samples
 from ..result import Estimate, units_of
 from . import spectrum as spectra
-from .entropy import _solver
+from .entropy import solver_options
 from .kernels import bandwidth, check_sigma
 from .matrix import KernelMatrix
 
@@ -68,7 +68,7 @@ def diffusion_spectral_entropy(x, t=1, *, sigma="median", base=None, method: str
     docstring for the definition). Ranges from 0 (one connected lump) to log N."""
     t = _check_t(t)
     X, s = _prepare(x, sigma, seed, backend)
-    value, se, details = _dse(X, s, t, _solver(method, rank, probes, steps), seed, backend)
+    value, se, details = _dse(X, s, t, solver_options(method, rank, probes, steps), seed, backend)
     scale, units = units_of(base)
     return Estimate(value / scale, stderr=se / scale, n=X.shape[0], method=f"diffusion spectral entropy t={t:g}",
                     units=units, backend=details["backend"], details=details)
@@ -89,7 +89,7 @@ def diffusion_spectral_mutual_info(x, labels, t=1, *, sigma="median", repetition
     if int(counts.min()) < 2:
         lone = values[counts < 2][0].item()
         raise ValueError(f"labels: class {lone!r} has a single sample; DSE needs at least 2 per class")
-    solver = _solver(method, rank, probes, steps)
+    solver = solver_options(method, rank, probes, steps)
     gen = torch.Generator().manual_seed(int(seed))
     codes = codes.to(X.device)
     n = X.shape[0]
@@ -97,7 +97,7 @@ def diffusion_spectral_mutual_info(x, labels, t=1, *, sigma="median", repetition
     for label in range(values.shape[0]):
         members = (codes == label).nonzero()[:, 0]
         size = members.shape[0]
-        conditional, se_c, _ = _dse(X[members], s, t, solver, seed, backend)
+        conditional, se_c, details = _dse(X[members], s, t, solver, seed, backend)
         random = []
         for _ in range(repetitions):
             pick = torch.randperm(n, generator=gen)[:size].to(X.device)
@@ -109,5 +109,5 @@ def diffusion_spectral_mutual_info(x, labels, t=1, *, sigma="median", repetition
     scale, units = units_of(base)
     return Estimate(total / scale, stderr=math.sqrt(variance) / scale, n=n,
                     method=f"diffusion spectral mutual information t={t:g}", units=units,
-                    backend="", details={"sigma": s, "t": t, "classes": int(values.shape[0]),
-                                         "repetitions": repetitions})
+                    backend=details["backend"], details={"sigma": s, "t": t, "classes": int(values.shape[0]),
+                                                         "repetitions": repetitions})

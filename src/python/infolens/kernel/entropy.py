@@ -152,7 +152,7 @@ def _estimate(value: float, se: float, base, n: int, method: str, details: dict)
                     backend=details.get("backend", ""), details=details)
 
 
-def _solver(method, rank, probes, steps) -> dict:
+def solver_options(method, rank, probes, steps) -> dict:
     for name, value in (("probes", probes), ("steps", steps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -181,7 +181,7 @@ def matrix_entropy(x, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman",
     alphas, many = _alphas(alpha)
     xs, names = _as_list(x, "x")
     variables = Variables(xs, names, kernel, sigma, seed, backend)
-    values, details = entropies(variables, list(range(len(xs))), alphas, _solver(method, rank, probes, steps), seed)
+    values, details = entropies(variables, list(range(len(xs))), alphas, solver_options(method, rank, probes, steps), seed)
     out = [_estimate(v, se, base, variables.n, f"matrix {_name(a)}", details) for a, (v, se) in zip(alphas, values)]
     return out if many else out[0]
 
@@ -206,7 +206,7 @@ def matrix_mutual_info(x, y, alpha=1.0, *, kernel: str = "gaussian", sigma="silv
     For unit-diagonal kernels 0 <= I <= min(S(A), S(B)). Arguments as ``matrix_entropy``;
     ``sigma`` may be a pair (one per variable).
     """
-    return _information([x, y], ["x", "y"], alpha, kernel, sigma, base, _solver(method, rank, probes, steps),
+    return _information([x, y], ["x", "y"], alpha, kernel, sigma, base, solver_options(method, rank, probes, steps),
                         seed, backend, "mutual information")
 
 
@@ -217,7 +217,7 @@ def total_correlation(xs, alpha=1.0, *, kernel: str = "gaussian", sigma="silverm
     if not isinstance(xs, (list, tuple)) or len(xs) < 2:
         raise ValueError("xs must be a list of at least two variables")
     return _information(list(xs), [f"xs[{i}]" for i in range(len(xs))], alpha, kernel, sigma, base,
-                        _solver(method, rank, probes, steps), seed, backend, "total correlation")
+                        solver_options(method, rank, probes, steps), seed, backend, "total correlation")
 
 
 def vendi_score(x, q=1.0, *, kernel: str = "cosine", sigma="median", method: str = "auto",
@@ -232,7 +232,7 @@ def vendi_score(x, q=1.0, *, kernel: str = "cosine", sigma="median", method: str
     """
     q = check_alpha(q, "q")
     variables = Variables([x], ["x"], kernel, sigma, seed, backend)
-    [(value, se)], details = entropies(variables, [0], [q], _solver(method, rank, probes, steps), seed)
+    [(value, se)], details = entropies(variables, [0], [q], solver_options(method, rank, probes, steps), seed)
     score = math.exp(value)
     return Estimate(score, stderr=score * se, n=variables.n, method=f"vendi q={q:g}", units="samples",
                     backend=details.get("backend", ""), details=details)
