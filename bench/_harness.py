@@ -52,5 +52,11 @@ class Report:
         print(table([row]).splitlines()[-1], flush=True)
 
     def finish(self):
-        print(f"\n{machine()}\n")
-        print(table(self.rows))
+        """The machine, then one table per set of columns (cases of different kinds differ)."""
+        print(f"\n{machine()}")
+        groups: dict[tuple, list[dict]] = {}
+        for row in self.rows:
+            groups.setdefault(tuple(row), []).append(row)
+        for rows in groups.values():
+            print()
+            print(table(rows))
