@@ -1,13 +1,16 @@
 """infolens: what neural networks learn, measured in the units of information theory.
 
 kNN estimators (entropy, mutual information, divergences) and kernel-matrix entropies of
-representations (matrix-based Renyi entropy, Vendi score, diffusion spectral entropy, RankMe).
+representations (matrix-based Renyi entropy, Vendi score, diffusion spectral entropy, RankMe),
+and the curvature of a model's loss (``infolens.curvature``) over the Krylov methods of
+``infolens.linalg``.
 Estimators take numpy arrays or torch tensors (samples are rows; 1-D means one feature), return
 an ``Estimate`` (a float with a standard error, pointwise values and the share of tied
 neighbour distances), work in nats unless ``base=`` says otherwise, and run on the native C++
 engine with a pure-torch reference path behind it (``backend=``, ``INFOLENS_BACKEND``).
 """
 
+from . import curvature, linalg
 from ._backend import native_available
 from .kernel import (alpha_req, diffusion_spectral_entropy, diffusion_spectral_mutual_info, matrix_entropy,
                      matrix_mutual_info, rank_me, total_correlation, vendi_score)

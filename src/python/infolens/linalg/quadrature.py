@@ -1,34 +1,48 @@
-"""Stochastic Lanczos quadrature (SLQ), deflated by the top eigenpairs.
+"""Stochastic Lanczos quadrature (SLQ) of a spectrum, deflated by its top eigenpairs.
 
-tr f(A) = sum_i f(lambda_i) over the deflated eigenpairs U (exact), plus the trace of f over the
-complement of span(U), estimated with Rademacher probes projected onto that complement:
-E[z'^T f(A) z'] with z' = (I - U U^T) z is that trace. For each probe, m Lanczos steps give a
-tridiagonal T whose eigenvalues (nodes) and squared first eigenvector components times ||z'||^2
-(weights) form the Gauss quadrature of z'^T f(A) z', exact for polynomials of degree < 2m.
+Method. With U [n, k] the orthonormal top eigenvectors and P = I - U U^T,
 
-Every probe runs its own recurrence, but all of them advance together: each Lanczos step is ONE
-operator call on the block of all probes' vectors, so b probes x m steps cost m calls, not b m.
-Each probe's vector is reorthogonalised (twice) against U and its own earlier vectors, so round
-off cannot bring back the deflated directions or produce ghost copies of converged eigenvalues.
+    tr f(A) = sum_{i<=k} f(lambda_i) + tr f(A') ,   A' = P A P on the complement of span(U),
 
-Deflation is what makes this accurate on kernel spectra: most of their mass sits in a few large
-eigenvalues, which plain SLQ resolves only through the probes' random weights (0.1-0.2 nats of
-error on von Neumann entropies); computed exactly, they leave SLQ a flat remainder.
+and for Rademacher z, z' = P z has E[z'^T f(A') z'] = tr f(A'). For each probe, m Lanczos steps
+on A' from z' / ||z'|| give a tridiagonal T whose eigenvalues (the nodes) and squared first
+eigenvector components times ||z'||^2 (the weights) are the Gauss quadrature rule of the
+spectral measure of z': sum_i w_i f(theta_i) = z'^T f(A') z' exactly for polynomials of degree
+< 2m, and to the accuracy of the best polynomial approximation of f otherwise (Golub & Meurant;
+Ubaru, Chen & Saad 2017). One run serves every f, so a whole family of spectral sums (Renyi
+entropies of all orders, log-determinants over a grid of shifts) costs one set of calls.
 
-A probe whose recurrence breaks down (its Krylov space is invariant: a low-rank remainder, or
-one resolved completely) stops there with the exact quadrature of that space; the rest of its
-rows carry weight 0.
+Decisions.
+* Deflation is what makes SLQ accurate on kernel and curvature spectra: most of their mass sits
+  in a few large eigenvalues, which plain SLQ sees only through the probes' random weights
+  (0.1-0.2 nats of error on von Neumann entropies); taken exactly, they leave a flat remainder
+  that the probes average well. A control variate with a known trace (tr A, tr A^2) removes most
+  of what probe noise is left (``Quadrature.trace``).
+* The probes' recurrences are independent (not block Lanczos), but advance together: each step is
+  ONE operator call on the block of all probes' vectors, so p probes of m steps cost m calls.
+* Each new vector is projected (twice) against U and against its own probe's earlier vectors, so
+  round-off cannot bring the deflated directions back or create ghost copies of eigenvalues.
+  The p x m Lanczos vectors are stored for this: memory n p m float64.
+* Breakdown: a beta below 1e-10 of the operator's scale means the probe's Krylov space is
+  invariant (a low-rank remainder, a remainder that deflation left empty, a tiny complement);
+  the rule found so far is then exact for that probe, its recurrence stops, and its remaining
+  nodes carry weight 0. The other probes go on; a stopped probe's column is zero from then on.
+* Steps are capped at n - k, the complement's dimension; with k = n there is nothing to estimate.
+* The rules are small ([probes, steps]) and live on the CPU whatever the operator's device.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
-from ._blocks import generator, project_out, rademacher
-from .lanczos import Eigenpairs, _positive_int, top_eigenpairs
+from . import _probes
+from ._checks import positive_int
+from ._orthogonal import norms, project_out
+from .lanczos import Eigenpairs, top_eigenpairs
 from .operator import as_operator
 
 _BREAKDOWN = 1e-10  # beta below this fraction of the operator's scale ends a recurrence
@@ -36,8 +50,10 @@ _BREAKDOWN = 1e-10  # beta below this fraction of the operator's scale ends a re
 
 @dataclass
 class Quadrature:
-    """Deflated eigenvalues ``top`` [k], per-probe quadrature ``nodes`` and ``weights``
-    [probes, steps] (weight 0 past a probe's breakdown), dimension ``n`` and operator ``calls``."""
+    """Exact deflated eigenvalues ``top`` [k] and, per probe, the Gauss rule of the complement:
+    ``nodes`` and ``weights`` [probes, steps] (weight 0 after a probe's breakdown), all float64 on
+    the CPU; the operator's dimension ``n`` and the operator ``calls`` spent (deflation included
+    when ``spectral_quadrature`` computed it)."""
 
     top: torch.Tensor
     nodes: torch.Tensor
@@ -46,91 +62,134 @@ class Quadrature:
     calls: int
 
     def trace(self, f, controls=()) -> tuple[float, float]:
-        """(tr f(A), standard error over the probes) for an elementwise torch function f.
+        """(estimate of tr f(A), its standard error from the spread over the probes).
 
-        ``controls``: pairs (g, tr g(A)) of functions whose exact traces are known (tr A itself,
-        say). Their per-probe errors, regressed out of f's, remove the part of the probe noise
-        that f shares with them: on a flat remainder -x log x is nearly linear in x, and a
-        control x cuts the error several-fold at no cost.
+        ``f``: an elementwise torch function of eigenvalues, defined at the nodes (which, for a
+        PSD operator, may fall a round-off below 0). ``controls``: pairs (g, tr g(A)) of
+        functions whose traces are known exactly (tr A, or tr A^2 from one pass over a kernel
+        matrix). Their per-probe errors are regressed out of f's, removing the probe noise f
+        shares with them: on a flat remainder -x log x is nearly linear in x, and a control x
+        cuts the error several-fold at no cost. The standard error is then that of the
+        regression's intercept. With fewer than len(controls) + 2 probes they are not used.
         """
-        exact = float(f(self.top).sum()) if self.top.numel() else 0.0
-        if self.nodes.numel() == 0:
-            return exact, 0.0
-        y = self._per_probe(f)
-        probes = y.numel()
-        if controls and probes > len(controls) + 1:
-            x = torch.stack([self._per_probe(g) - (float(total) - (float(g(self.top).sum()) if self.top.numel() else 0.0))
-                             for g, total in controls], dim=1)
-            design = torch.cat([torch.ones(probes, 1, dtype=torch.float64), x], dim=1)
-            coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
-            residual = y - design @ coef
-            dof = probes - design.shape[1]
-            se = math.sqrt(float(residual.square().sum()) / dof / probes)
-            return exact + float(coef[0]), se
-        se = float(y.std(correction=1)) / math.sqrt(probes) if probes > 1 else math.nan
-        return exact + float(y.mean()), se
+        return self.traces([f], controls)[0]
+
+    def traces(self, fs, controls=()) -> list[tuple[float, float]]:
+        """``trace`` for several functions on the same rule."""
+        if not self.nodes.numel():  # the deflation took the whole space
+            return [(self._exact(f), 0.0) for f in fs]
+        noise = [self._per_probe(g) - (float(total) - self._exact(g)) for g, total in controls]
+        results = []
+        for f in fs:
+            rest, error = self._estimate(self._per_probe(f), noise)
+            results.append((self._exact(f) + rest, error))
+        return results
+
+    def _exact(self, f) -> float:
+        return float(f(self.top).sum()) if self.top.numel() else 0.0
 
     def _per_probe(self, f) -> torch.Tensor:
-        terms = torch.where(self.weights > 0, self.weights * f(self.nodes), torch.zeros_like(self.weights))
-        return terms.sum(dim=1)
+        # padded nodes carry weight 0, and f need not be finite there (log 0): select, not multiply
+        return torch.where(self.weights > 0, self.weights * f(self.nodes), 0.0).sum(dim=1)
+
+    @staticmethod
+    def _estimate(y: torch.Tensor, noise: list) -> tuple[float, float]:
+        probes = y.numel()
+        if not noise or probes <= len(noise) + 1:
+            return _probes.mean_and_error(y)
+        design = torch.stack([torch.ones_like(y), *noise], dim=1)
+        coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+        residual = y - design @ coef
+        # the intercept's standard error: residual variance over the probes' design
+        variance = float(residual.square().sum()) / (probes - design.shape[1])
+        cov = torch.linalg.pinv(design.T @ design)
+        return float(coef[0]), math.sqrt(max(variance * float(cov[0, 0]), 0.0))
 
 
-def spectral_quadrature(op, *, probes: int = 32, steps: int = 40, deflate=None, seed: int = 0) -> Quadrature:
-    """Gauss quadrature of the spectrum of ``op`` for any later tr f(A), deflated by ``deflate``
-    (an ``Eigenpairs``, or an int k to compute the top k first; None: plain SLQ)."""
+def spectral_quadrature(op, *, probes: int | torch.Tensor = 32, steps: int = 40, deflate=None,
+                        seed: int = 0) -> Quadrature:
+    """Gauss quadrature of the spectrum of ``op`` (an ``Operator`` or a dense symmetric matrix),
+    from which ``Quadrature.trace`` estimates any tr f(A).
+
+    ``probes``: the number of Rademacher probes, or the probe vectors themselves [n, p] (each
+    probe's rule then measures z'^T f(A') z' for its own z). ``steps``: Lanczos steps per probe,
+    one operator call each. ``deflate``: None (plain SLQ), ``Eigenpairs`` of the top of the
+    spectrum (their eigenvalues are taken exactly and the probes see only the complement), or an
+    int k to compute the top k first with ``top_eigenpairs`` (0: plain SLQ).
+    """
     op = as_operator(op)
-    probes = _positive_int(probes, "probes")
-    steps = _positive_int(steps, "steps")
+    z = _probe_block(probes, op, seed)
+    steps = positive_int(steps, "steps")
     calls_before = op.calls
-    if isinstance(deflate, int) and not isinstance(deflate, bool):
-        deflate = top_eigenpairs(op, deflate, seed=seed)
-    elif deflate is not None and not isinstance(deflate, Eigenpairs):
-        raise TypeError(f"deflate must be None, an int or Eigenpairs, got {type(deflate).__name__}")
     n = op.n
-    u = deflate.vectors if deflate is not None else torch.zeros(n, 0, dtype=torch.float64, device=op.device)
-    top = deflate.values.to(torch.float64) if deflate is not None else torch.zeros(0, dtype=torch.float64)
-    steps = min(steps, n - u.shape[1])
-    if steps == 0:  # the deflation took the whole space
-        empty = torch.zeros(probes, 0, dtype=torch.float64)
-        return Quadrature(top.cpu(), empty, empty.clone(), n, op.calls - calls_before)
+    if isinstance(deflate, numbers.Integral) and not isinstance(deflate, bool):
+        if deflate < 0:
+            raise ValueError(f"deflate must be None, Eigenpairs or a count >= 0, got {deflate}")
+        deflate = top_eigenpairs(op, deflate, seed=seed) if deflate else None
+    if deflate is None:
+        u, top = torch.zeros(n, 0, dtype=torch.float64, device=op.device), torch.zeros(0, dtype=torch.float64)
+    elif isinstance(deflate, Eigenpairs):
+        u, top = deflate.vectors.to(op.device, torch.float64), deflate.values.to("cpu", torch.float64)
+        if u.ndim != 2 or u.shape[0] != n or u.shape[1] != top.numel():
+            raise ValueError(f"deflate's vectors must be [{n}, {top.numel()}], got {tuple(u.shape)}")
+    else:
+        raise TypeError(f"deflate must be None, an int or Eigenpairs, got {type(deflate).__name__}")
 
-    z = project_out(rademacher(n, probes, generator(seed), op.device), u)
-    norms2 = z.square().sum(dim=0)
-    v = z / norms2.sqrt().clamp(min=torch.finfo(torch.float64).tiny)
-    alpha = torch.zeros(probes, steps, dtype=torch.float64, device=op.device)
+    steps = min(steps, n - u.shape[1])
+    nodes = torch.zeros(z.shape[1], steps, dtype=torch.float64)
+    weights = torch.zeros_like(nodes)
+    if steps:
+        alpha, beta, length, norms2 = _lanczos(op, u, z, steps, float(top.abs().max()) if top.numel() else 0.0)
+        for p in range(z.shape[1]):
+            m = int(length[p])
+            if m:
+                t = torch.diag(alpha[p, :m]) + torch.diag(beta[p, :m - 1], 1) + torch.diag(beta[p, :m - 1], -1)
+                theta, s = torch.linalg.eigh(t)
+                nodes[p, :m] = theta
+                weights[p, :m] = norms2[p] * s[0].square()
+    return Quadrature(top, nodes, weights, n, op.calls - calls_before)
+
+
+def _probe_block(probes, op, seed: int) -> torch.Tensor:
+    """The probes [n, p]: given, or ``probes`` Rademacher vectors drawn from the seed."""
+    if not isinstance(probes, torch.Tensor):
+        count = positive_int(probes, "probes")
+        return _probes.rademacher(op.n, count, _probes.generator(seed, _probes.PROBES), op.device)
+    if probes.ndim != 2 or probes.shape[0] != op.n or probes.shape[1] == 0:
+        raise ValueError(f"probes must be a count or a block [{op.n}, p], got shape {tuple(probes.shape)}")
+    return probes.to(op.device, torch.float64)
+
+
+def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
+    """The recurrences of the probes z [n, p], all advanced by one call per step: (alpha, beta
+    [p, steps], steps completed [p], ||z'||^2 [p]), on the CPU."""
+    probes = z.shape[1]
+    before = z.square().sum(dim=0)
+    z = project_out(z, u).T.contiguous()  # [probes, n]: each probe's vectors are rows
+    norms2 = z.square().sum(dim=1)
+    # a probe (numerically) inside span(U) has nothing left to measure: a breakdown at step 0
+    active = norms2 > _BREAKDOWN ** 2 * before
+    v = torch.where(active[:, None], z / norms2.clamp(min=torch.finfo(torch.float64).tiny).sqrt()[:, None], 0.0)
+    # each probe's Lanczos vectors as rows: the projection against them is a batched product over
+    # the leading j + 1 rows, a strided view that bmm reads in place
+    basis = z.new_zeros(probes, steps, op.n)
+    alpha = z.new_zeros(probes, steps)
     beta = torch.zeros_like(alpha)
-    length = torch.full((probes,), steps, dtype=torch.int64, device=op.device)
-    active = norms2 > 0
-    length[~active] = 0
-    basis = torch.zeros(n, probes, steps, dtype=torch.float64, device=op.device)
-    scale = 0.0
+    length = torch.zeros(probes, dtype=torch.int64, device=z.device)
     for j in range(steps):
-        basis[:, :, j] = v
-        w = op(v)
-        a = (v * w).sum(dim=0)
-        alpha[:, j] = torch.where(active, a, torch.zeros_like(a))
-        for _ in range(2):  # against U and the probe's own earlier vectors
-            w = project_out(w, u)
-            w = w - torch.einsum("npj,pj->np", basis[:, :, : j + 1], torch.einsum("npj,np->pj", basis[:, :, : j + 1], w))
-        b = w.norm(dim=0)
-        scale = max(scale, float(a.abs().max()), float(b.max()))
-        ended = active & (b <= _BREAKDOWN * scale)
-        length[ended] = j + 1
-        active = active & ~ended
+        basis[:, j] = v
+        w = op(v.T).T.contiguous()
+        for _ in range(2):  # CGS2 against U and the probe's own vectors
+            w = project_out(w.T, u).T
+            coef = torch.bmm(basis[:, :j + 1], w[:, :, None])
+            w = w - torch.bmm(basis[:, :j + 1].transpose(1, 2), coef)[:, :, 0]
+            alpha[:, j] += coef[:, j, 0]
+        b = norms(w, dim=1)
+        scale = max(scale, float(alpha[:, j].abs().max()), float(b.max()))
+        length[active] = j + 1
+        active = active & (b > _BREAKDOWN * scale)
         if j + 1 == steps or not bool(active.any()):
             break
-        beta[:, j] = torch.where(active, b, torch.zeros_like(b))
-        v = torch.where(active, w / b.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(w))
-
-    nodes = torch.zeros(probes, steps, dtype=torch.float64)
-    weights = torch.zeros_like(nodes)
-    alpha, beta, length, norms2 = alpha.cpu(), beta.cpu(), length.cpu(), norms2.cpu()
-    for p in range(probes):
-        m = int(length[p])
-        if m == 0:
-            continue
-        t = torch.diag(alpha[p, :m]) + torch.diag(beta[p, : m - 1], 1) + torch.diag(beta[p, : m - 1], -1)
-        theta, s = torch.linalg.eigh(t)
-        nodes[p, :m] = theta
-        weights[p, :m] = norms2[p] * s[0].square()
-    return Quadrature(top.cpu(), nodes, weights, n, op.calls - calls_before)
+        beta[:, j] = torch.where(active, b, 0.0)
+        v = torch.where(active[:, None], w / b.clamp(min=torch.finfo(torch.float64).tiny)[:, None], 0.0)
+    return alpha.cpu(), beta.cpu(), length.cpu(), norms2.cpu()

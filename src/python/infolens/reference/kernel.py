@@ -14,8 +14,9 @@ import torch
 
 KINDS = ("gaussian", "laplacian", "linear")
 
-# Kernel entries per row block: 4 MiB of float32 on the CPU, more on a GPU to fill it.
-_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+# Kernel entries per row block: 16 MiB of float32 on the CPU (smaller blocks make the matrix
+# products too thin to run at speed), more on a GPU to fill it.
+_BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 def _check(factors) -> tuple[int, torch.device]:
@@ -30,14 +31,19 @@ def _check(factors) -> tuple[int, torch.device]:
     return n, device
 
 
-def kernel_rows(factors, start: int, stop: int) -> torch.Tensor:
+def _norms(factors) -> list:
+    """Squared row norms of the gaussian factors (None for the others), computed once."""
+    return [(x * x).sum(1) if kind == "gaussian" else None for kind, x in factors]
+
+
+def kernel_rows(factors, start: int, stop: int, norms=None) -> torch.Tensor:
     """Rows [start, stop) of K, in the points' dtype."""
+    norms = _norms(factors) if norms is None else norms
     block = None
-    for kind, x in factors:
+    for (kind, x), norm in zip(factors, norms):
         rows = x[start:stop]
         if kind == "gaussian":
-            norms = (x * x).sum(1)
-            d2 = norms[start:stop, None] + norms[None, :] - 2 * (rows @ x.T)
+            d2 = norm[start:stop, None] + norm[None, :] - 2 * (rows @ x.T)
             d2.clamp_(min=0)
             idx = torch.arange(stop - start, device=x.device)
             d2[idx, idx + start] = 0
@@ -53,9 +59,10 @@ def kernel_rows(factors, start: int, stop: int) -> torch.Tensor:
 def _row_blocks(factors):
     n, device = _check(factors)
     step = max(1, _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS["cpu"]) // n)
+    norms = _norms(factors)
     for start in range(0, n, step):
         stop = min(n, start + step)
-        yield start, stop, kernel_rows(factors, start, stop)
+        yield start, stop, kernel_rows(factors, start, stop, norms)
 
 
 def kernel_matmul(factors, v: torch.Tensor) -> torch.Tensor:
