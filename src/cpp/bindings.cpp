@@ -2,7 +2,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
+
 #include "array_checks.hpp"
+#include "curvature/softmax_ce_ggn.hpp"
 #include "kernel/matrix.hpp"
 #include "knn/index.hpp"
 #include "common/parallel.hpp"
@@ -119,6 +122,115 @@ void check_threads(int threads) {
     if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: OpenMP's default)");
 }
 
+
+// ---- softmax_ce_ggn ------------------------------------------------------------------------------
+
+// An optional array argument: None, or a numpy array (anything else is a TypeError).
+std::optional<py::array> optional_array(const py::object& obj, const char* name) {
+    if (obj.is_none()) return std::nullopt;
+    if (!py::isinstance<py::array>(obj)) throw py::type_error(std::string(name) + " must be a numpy array or None");
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+// Outputs must not share memory with the inputs or each other: the engine reads tangents after
+// it has written outputs.
+void check_no_overlap(const std::vector<std::pair<const char*, const py::array*>>& inputs,
+                      const std::vector<std::pair<const char*, const py::array*>>& outputs) {
+    auto range = [](const py::array* a) {
+        const auto* p = static_cast<const char*>(a->data());
+        return std::make_pair(p, p + a->nbytes());
+    };
+    for (size_t i = 0; i < outputs.size(); ++i) {
+        const auto [o0, o1] = range(outputs[i].second);
+        auto check = [&](const std::pair<const char*, const py::array*>& other) {
+            const auto [a0, a1] = range(other.second);
+            if (o0 < a1 && a0 < o1)
+                throw std::invalid_argument(std::string(outputs[i].first) + " must not share memory with " +
+                                            other.first);
+        };
+        for (const auto& in : inputs) check(in);
+        for (size_t k = 0; k < i; ++k) check(outputs[k]);
+    }
+}
+
+template <class T>
+void softmax_ce_ggn_typed(const py::array& h, const py::array& w, const std::optional<py::array>& bias,
+                          const py::array& token_weights, const std::optional<py::array> (&tangents)[3],
+                          const std::optional<py::array> (&outputs)[3], int threads) {
+    namespace cv = infolens::curvature;
+    static const char* tangent_names[3] = {"dh", "dw", "dbias"};
+    static const char* output_names[3] = {"out_dh", "out_dw", "out_dbias"};
+    check_array<T>(h, "h", {-1, -1});
+    const int64_t n_tokens = h.shape(0), dim = h.shape(1);
+    if (n_tokens < 1) throw std::invalid_argument("h must have at least one row (T >= 1)");
+    if (dim < 1) throw std::invalid_argument("h must have at least one column (d >= 1)");
+    check_array<T>(w, "w", {-1, dim});
+    const int64_t vocab = w.shape(0);
+    if (vocab < 1) throw std::invalid_argument("w must have at least one row (V >= 1)");
+    if (bias) check_array<T>(*bias, "bias", {vocab});
+    check_array<T>(token_weights, "token_weights", {n_tokens});
+    // The vector count b comes from the first array given; every other one must agree.
+    int64_t b = -1;
+    auto shape_of = [&](int which) -> std::vector<int64_t> {
+        if (which == 0) return {b, n_tokens, dim};
+        if (which == 1) return {b, vocab, dim};
+        return {b, vocab};
+    };
+    auto check_vectors = [&](const py::array& a, int which, const char* name, bool writable) {
+        check_array<T>(a, name, shape_of(which), writable);
+        if (b < 0) {
+            b = a.shape(0);
+            if (b < 1) throw std::invalid_argument(std::string(name) + " must hold at least one vector (b >= 1)");
+        }
+    };
+    for (int i = 0; i < 3; ++i)
+        if (tangents[i]) check_vectors(*tangents[i], i, tangent_names[i], false);
+    for (int i = 0; i < 3; ++i)
+        if (outputs[i]) check_vectors(*outputs[i], i, output_names[i], true);
+    if (!tangents[0] && !tangents[1] && !tangents[2])
+        throw std::invalid_argument("at least one of dh, dw, dbias must be given");
+    if (!outputs[0] && !outputs[1] && !outputs[2])
+        throw std::invalid_argument("at least one of out_dh, out_dw, out_dbias must be given");
+    std::vector<std::pair<const char*, const py::array*>> ins = {
+        {"h", &h}, {"w", &w}, {"token_weights", &token_weights}};
+    if (bias) ins.push_back({"bias", &*bias});
+    std::vector<std::pair<const char*, const py::array*>> outs;
+    for (int i = 0; i < 3; ++i) {
+        if (tangents[i]) ins.push_back({tangent_names[i], &*tangents[i]});
+        if (outputs[i]) outs.push_back({output_names[i], &*outputs[i]});
+    }
+    check_no_overlap(ins, outs);
+
+    auto in = [](const std::optional<py::array>& a) -> const void* { return a ? a->data() : nullptr; };
+    auto out = [](const std::optional<py::array>& a) -> void* {
+        return a ? const_cast<py::array&>(*a).mutable_data() : nullptr;
+    };
+    const cv::HeadProblem problem{std::is_same_v<T, float> ? cv::Dtype::float32 : cv::Dtype::float64,
+                                  n_tokens, vocab, dim, b,
+                                  h.data(), w.data(), in(bias), token_weights.data(),
+                                  in(tangents[0]), in(tangents[1]), in(tangents[2]),
+                                  out(outputs[0]), out(outputs[1]), out(outputs[2])};
+    py::gil_scoped_release release;
+    cv::softmax_ce_ggn(problem, threads);
+}
+
+void softmax_ce_ggn(const py::array& h, const py::array& w, const py::object& bias, const py::array& token_weights,
+                    const py::object& dh, const py::object& dw, const py::object& dbias, const py::object& out_dh,
+                    const py::object& out_dw, const py::object& out_dbias, int threads) {
+    check_threads(threads);
+    const std::optional<py::array> bias_array = optional_array(bias, "bias");
+    const std::optional<py::array> tangents[3] = {optional_array(dh, "dh"), optional_array(dw, "dw"),
+                                                  optional_array(dbias, "dbias")};
+    const std::optional<py::array> outputs[3] = {optional_array(out_dh, "out_dh"), optional_array(out_dw, "out_dw"),
+                                                 optional_array(out_dbias, "out_dbias")};
+    if (infolens::has_dtype<float>(h))
+        softmax_ce_ggn_typed<float>(h, w, bias_array, token_weights, tangents, outputs, threads);
+    else if (infolens::has_dtype<double>(h))
+        softmax_ce_ggn_typed<double>(h, w, bias_array, token_weights, tangents, outputs, threads);
+    else
+        throw std::invalid_argument("h must have dtype float32 or float64, got " + std::string(py::str(h.dtype())));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -172,4 +284,13 @@ PYBIND11_MODULE(_native, m) {
                 return k.sum_squares(threads);
             },
             py::arg("threads") = 0, "sum_ij K_ij^2 in float64.");
+
+    m.def("softmax_ce_ggn", &softmax_ce_ggn, py::arg("h").noconvert(), py::arg("w").noconvert(),
+          py::arg("bias"), py::arg("token_weights").noconvert(), py::arg("dh") = py::none(),
+          py::arg("dw") = py::none(), py::arg("dbias") = py::none(), py::arg("out_dh") = py::none(),
+          py::arg("out_dw") = py::none(), py::arg("out_dbias") = py::none(), py::arg("threads") = 0,
+          "The softmax cross-entropy head's GGN product: for logits z = h w^T + bias, p = softmax(z), "
+          "tangents dz_j = dh_j w^T + h dw_j^T + dbias_j and u_j = token_weights * (p * dz_j - p (p . dz_j)), "
+          "fills out_dh [b, T, d] = u_j w, out_dw [b, V, d] = u_j^T h, out_dbias [b, V] = sum_t u_j (each "
+          "optional; None tangents are zero). All arrays C-contiguous of h's dtype (float32/float64).");
 }

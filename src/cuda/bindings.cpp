@@ -3,11 +3,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "check.cuh"
+#include "curvature/softmax_ce_ggn_cuda.hpp"
 #include "device.hpp"
 #include "kernel/matmul.hpp"
 
@@ -18,9 +22,9 @@ namespace {
 
 namespace kern = infolens::cuda::kernel;
 
-kern::Dtype parse_dtype(const std::string& dtype) {
-  if (dtype == "float32") return kern::Dtype::float32;
-  if (dtype == "float64") return kern::Dtype::float64;
+Dtype parse_dtype(const std::string& dtype) {
+  if (dtype == "float32") return Dtype::float32;
+  if (dtype == "float64") return Dtype::float64;
   throw std::invalid_argument("dtype: must be \"float32\" or \"float64\", got \"" + dtype + "\"");
 }
 
@@ -35,7 +39,7 @@ void check_pointer(std::uintptr_t ptr, std::size_t align, const std::string& nam
 std::vector<kern::Factor> parse_factors(const std::vector<std::string>& kinds,
                                         const std::vector<std::uintptr_t>& features,
                                         const std::vector<int64_t>& dims, int64_t n,
-                                        kern::Dtype dtype) {
+                                        Dtype dtype) {
   constexpr int64_t kMax = int64_t(1) << 30;
   if (kinds.empty()) throw std::invalid_argument("kinds: empty factor list");
   if (kinds.size() > std::size_t(kern::kMaxFactors))
@@ -49,7 +53,7 @@ std::vector<kern::Factor> parse_factors(const std::vector<std::string>& kinds,
                                 std::to_string(kinds.size()) + " kinds");
   if (n < 1 || n > kMax)
     throw std::invalid_argument("n: must be in [1, 2^30], got " + std::to_string(n));
-  const std::size_t item = dtype == kern::Dtype::float32 ? 4 : 8;
+  const std::size_t item = dtype == Dtype::float32 ? 4 : 8;
   std::vector<kern::Factor> factors;
   for (std::size_t f = 0; f < kinds.size(); ++f) {
     kern::Kind kind;
@@ -80,13 +84,75 @@ void check_device(int device) {
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
 
+// softmax_ce_ggn's arguments, checked: sizes, pointers (None = absent), no output overlapping
+// another array, at least one tangent and one output.
+infolens::curvature::HeadProblem head_problem(
+    std::uintptr_t h, std::uintptr_t w, std::optional<std::uintptr_t> bias, std::uintptr_t token_weights,
+    const std::optional<std::uintptr_t> (&tangents)[3], const std::optional<std::uintptr_t> (&outputs)[3],
+    int64_t tokens, int64_t vocab, int64_t dim, int64_t vectors, const std::string& dtype) {
+  namespace cv = infolens::curvature;
+  const cv::Dtype dt = parse_dtype(dtype) == Dtype::float32 ? cv::Dtype::float32 : cv::Dtype::float64;
+  auto check_size = [](int64_t x, int64_t max, const char* what) {
+    if (x < 1 || x > max)
+      throw std::invalid_argument(std::string(what) + ": must be in [1, " + std::to_string(max) + "], got " +
+                                  std::to_string(x));
+  };
+  check_size(tokens, int64_t(1) << 30, "T");
+  check_size(vocab, int64_t(1) << 30, "V");
+  check_size(dim, int64_t(1) << 22, "d");
+  check_size(vectors, int64_t(1) << 30, "b");
+  const std::size_t item = dt == cv::Dtype::float32 ? 4 : 8;
+  struct Span {
+    const char* name;
+    std::uintptr_t ptr;
+    int64_t elements;
+  };
+  std::vector<Span> ins = {{"h", h, tokens * dim}, {"w", w, vocab * dim}, {"token_weights", token_weights, tokens}};
+  if (bias) ins.push_back({"bias", *bias, vocab});
+  static const char* tangent_names[3] = {"dh", "dw", "dbias"};
+  static const char* output_names[3] = {"out_dh", "out_dw", "out_dbias"};
+  const int64_t sizes[3] = {vectors * tokens * dim, vectors * vocab * dim, vectors * vocab};
+  std::vector<Span> outs;
+  for (int i = 0; i < 3; ++i) {
+    if (tangents[i]) ins.push_back({tangent_names[i], *tangents[i], sizes[i]});
+    if (outputs[i]) outs.push_back({output_names[i], *outputs[i], sizes[i]});
+  }
+  if (!tangents[0] && !tangents[1] && !tangents[2])
+    throw std::invalid_argument("at least one of dh, dw, dbias must be given");
+  if (outs.empty()) throw std::invalid_argument("at least one of out_dh, out_dw, out_dbias must be given");
+  for (const Span& s : ins) check_pointer(s.ptr, item, s.name);
+  for (const Span& s : outs) check_pointer(s.ptr, item, s.name);
+  auto overlap = [&](const Span& a, const Span& b) {
+    return a.ptr < b.ptr + b.elements * item && b.ptr < a.ptr + a.elements * item;
+  };
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    for (const Span& in : ins)
+      if (overlap(outs[i], in))
+        throw std::invalid_argument(std::string(outs[i].name) + " must not share memory with " + in.name);
+    for (std::size_t k = 0; k < i; ++k)
+      if (overlap(outs[i], outs[k]))
+        throw std::invalid_argument(std::string(outs[i].name) + " must not share memory with " + outs[k].name);
+  }
+  auto in = [](const std::optional<std::uintptr_t>& p) -> const void* {
+    return p ? reinterpret_cast<const void*>(*p) : nullptr;
+  };
+  auto out = [](const std::optional<std::uintptr_t>& p) -> void* {
+    return p ? reinterpret_cast<void*>(*p) : nullptr;
+  };
+  return cv::HeadProblem{dt, tokens, vocab, dim, vectors,
+                         reinterpret_cast<const void*>(h), reinterpret_cast<const void*>(w), in(bias),
+                         reinterpret_cast<const void*>(token_weights),
+                         in(tangents[0]), in(tangents[1]), in(tangents[2]),
+                         out(outputs[0]), out(outputs[1]), out(outputs[2])};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native_cuda, m) {
   m.doc() = "infolens CUDA engine";
   auto& cuda_error = py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
   // Out of device memory: catchable as CudaError and as MemoryError.
-  py::register_exception<kern::CudaOutOfMemory>(
+  py::register_exception<CudaOutOfMemory>(
       m, "CudaOutOfMemory", py::make_tuple(cuda_error, py::handle(PyExc_MemoryError)));
   m.def("device_count", &device_count, "number of usable CUDA devices (0 without a GPU or driver)");
   m.def("runtime_version", &runtime_version, "CUDA runtime version this module was linked with");
@@ -105,12 +171,13 @@ PYBIND11_MODULE(_native_cuda, m) {
       },
       py::arg("device") = 0, "name, compute capability, SM count and memory of one device");
 
+
   m.def(
       "kernel_matmul",
       [](const std::vector<std::string>& kinds, const std::vector<std::uintptr_t>& features,
          const std::vector<int64_t>& dims, int64_t n, const std::string& dtype, std::uintptr_t v,
          int64_t b, std::uintptr_t out, std::uintptr_t stream, int device) {
-        const kern::Dtype dt = parse_dtype(dtype);
+        const Dtype dt = parse_dtype(dtype);
         const std::vector<kern::Factor> factors = parse_factors(kinds, features, dims, n, dt);
         if (b < 1 || b > (int64_t(1) << 30))
           throw std::invalid_argument("b: must be in [1, 2^30], got " + std::to_string(b));
@@ -131,7 +198,7 @@ PYBIND11_MODULE(_native_cuda, m) {
       [](const std::vector<std::string>& kinds, const std::vector<std::uintptr_t>& features,
          const std::vector<int64_t>& dims, int64_t n, const std::string& dtype, std::uintptr_t out,
          std::uintptr_t stream, int device) {
-        const kern::Dtype dt = parse_dtype(dtype);
+        const Dtype dt = parse_dtype(dtype);
         const std::vector<kern::Factor> factors = parse_factors(kinds, features, dims, n, dt);
         check_pointer(out, 8, "out");
         check_device(device);
@@ -143,4 +210,26 @@ PYBIND11_MODULE(_native_cuda, m) {
       py::arg("out"), py::arg("stream"), py::arg("device"),
       "*out = sum_ij K_ij^2 (out: device pointer to one float64), same kernels and arguments as "
       "kernel_matmul, enqueued on `stream` of `device`");
+
+  m.def(
+      "softmax_ce_ggn",
+      [](std::uintptr_t h, std::uintptr_t w, std::optional<std::uintptr_t> bias, std::uintptr_t token_weights,
+         std::optional<std::uintptr_t> dh, std::optional<std::uintptr_t> dw, std::optional<std::uintptr_t> dbias,
+         std::optional<std::uintptr_t> out_dh, std::optional<std::uintptr_t> out_dw,
+         std::optional<std::uintptr_t> out_dbias, int64_t T, int64_t V, int64_t d, int64_t b,
+         const std::string& dtype, std::uintptr_t stream, int device) {
+        const infolens::curvature::HeadProblem problem =
+            head_problem(h, w, bias, token_weights, {dh, dw, dbias}, {out_dh, out_dw, out_dbias}, T, V, d, b, dtype);
+        check_device(device);
+        py::gil_scoped_release release;
+        infolens::cuda::curvature::softmax_ce_ggn(problem, as_stream(stream), device);
+      },
+      py::arg("h"), py::arg("w"), py::arg("bias").none(true), py::arg("token_weights"), py::arg("dh").none(true),
+      py::arg("dw").none(true), py::arg("dbias").none(true), py::arg("out_dh").none(true),
+      py::arg("out_dw").none(true), py::arg("out_dbias").none(true), py::arg("T"), py::arg("V"), py::arg("d"),
+      py::arg("b"), py::arg("dtype"), py::arg("stream"), py::arg("device"),
+      "The softmax cross-entropy head's GGN product (as infolens._native.softmax_ce_ggn) on device pointers: "
+      "h [T, d], w [V, d], bias [V] or None, token_weights [T], tangents dh [b, T, d], dw [b, V, d], "
+      "dbias [b, V] and outputs out_dh, out_dw, out_dbias of the same shapes (None: zero / not computed), "
+      "all C-contiguous of dtype, enqueued on `stream` of `device`");
 }

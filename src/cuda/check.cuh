@@ -13,6 +13,13 @@ class CudaError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Thrown when the device has no room for a workspace; Python sees CudaOutOfMemory, a subclass of
+// both CudaError and MemoryError.
+class CudaOutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
   if (status != cudaSuccess) {
     throw CudaError(std::string("CUDA error in ") + call + " at " + file + ":" + std::to_string(line) +

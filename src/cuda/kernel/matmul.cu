@@ -24,6 +24,7 @@
 
 #include "check.cuh"
 #include "kernel/matmul.hpp"
+#include "stream_memory.cuh"
 
 namespace infolens::cuda::kernel {
 namespace {
@@ -399,58 +400,6 @@ __global__ void sum_segments(const double* __restrict__ ws, int segments, int n,
 
 // ---- host side ---------------------------------------------------------------------------------
 
-// Makes `device` current for the call and restores the previous device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    INFOLENS_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) INFOLENS_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    if (cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
-
-// Stream-ordered device workspace, freed (stream-ordered) by free() or, on errors, the destructor.
-class Workspace {
- public:
-  Workspace(size_t bytes, cudaStream_t stream, const char* what) : stream_(stream) {
-    if (bytes == 0) return;
-    const cudaError_t status = cudaMallocAsync(&ptr_, bytes, stream);
-    if (status == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
-      ptr_ = nullptr;
-      throw CudaOutOfMemory(std::string(what) + ": out of GPU memory allocating a workspace of " +
-                            std::to_string(bytes) + " bytes");
-    }
-    INFOLENS_CUDA_CHECK(status);
-  }
-  ~Workspace() {
-    if (ptr_ != nullptr && cudaFreeAsync(ptr_, stream_) != cudaSuccess) (void)cudaGetLastError();
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-
-  template <class U>
-  U* as() const {
-    return static_cast<U*>(ptr_);
-  }
-  void free() {
-    void* p = ptr_;
-    ptr_ = nullptr;
-    if (p != nullptr) INFOLENS_CUDA_CHECK(cudaFreeAsync(p, stream_));
-  }
-
- private:
-  void* ptr_ = nullptr;
-  cudaStream_t stream_;
-};
-
 int ceil_div(int64_t a, int64_t b) { return int((a + b - 1) / b); }
 
 int count_gaussian(const std::vector<Factor>& factors) {
@@ -512,11 +461,10 @@ template <class T>
 void matmul_impl(const std::vector<Factor>& factors, int n, const double* v, int b, double* out,
                  cudaStream_t stream, int device) {
   const char* what = "kernel_matmul";
-  Workspace norms(size_t(count_gaussian(factors)) * n * sizeof(T), stream, what);
-  const FactorArgs<T> fa = prepare<T>(factors, n, norms.as<T>(), stream);
+  Workspace<T> norms(size_t(count_gaussian(factors)) * n, stream, what);
+  const FactorArgs<T> fa = prepare<T>(factors, n, norms.get(), stream);
   const Split split = split_for(n, device);
-  Workspace partial(split.segments > 1 ? size_t(split.segments) * n * BC * sizeof(double) : 0,
-                    stream, what);
+  Workspace<double> partial(split.segments > 1 ? size_t(split.segments) * n * BC : 0, stream, what);
   const size_t smem = kSmemElems * sizeof(T);
   allow_shared(matmul_kernel<T>, smem, device);
   const dim3 grid(split.row_blocks, split.segments);
@@ -528,11 +476,11 @@ void matmul_impl(const std::vector<Factor>& factors, int n, const double* v, int
       INFOLENS_CUDA_CHECK(cudaGetLastError());
     } else {
       matmul_kernel<T><<<grid, kThreads, smem, stream>>>(fa, n, v, b, c0, split.tiles_per_segment,
-                                                         partial.as<double>(), BC,
+                                                         partial.get(), BC,
                                                          int64_t(n) * BC, BC);
       INFOLENS_CUDA_CHECK(cudaGetLastError());
       sum_segments<<<ceil_div(int64_t(n) * BC, kThreads), kThreads, 0, stream>>>(
-          partial.as<double>(), split.segments, n, out, b, c0, ncols);
+          partial.get(), split.segments, n, out, b, c0, ncols);
       INFOLENS_CUDA_CHECK(cudaGetLastError());
     }
   }
@@ -544,17 +492,17 @@ template <class T>
 void sum_squares_impl(const std::vector<Factor>& factors, int n, double* out, cudaStream_t stream,
                       int device) {
   const char* what = "kernel_sum_squares";
-  Workspace norms(size_t(count_gaussian(factors)) * n * sizeof(T), stream, what);
-  const FactorArgs<T> fa = prepare<T>(factors, n, norms.as<T>(), stream);
+  Workspace<T> norms(size_t(count_gaussian(factors)) * n, stream, what);
+  const FactorArgs<T> fa = prepare<T>(factors, n, norms.get(), stream);
   const Split split = split_for(n, device);
   const int blocks = split.row_blocks * split.segments;
-  Workspace partial(size_t(blocks) * sizeof(double), stream, what);
+  Workspace<double> partial(blocks, stream, what);
   const size_t smem = kSmemElems * sizeof(T);
   allow_shared(sum_squares_kernel<T>, smem, device);
   sum_squares_kernel<T><<<dim3(split.row_blocks, split.segments), kThreads, smem, stream>>>(
-      fa, n, split.tiles_per_segment, partial.as<double>());
+      fa, n, split.tiles_per_segment, partial.get());
   INFOLENS_CUDA_CHECK(cudaGetLastError());
-  sum_partials<<<1, kThreads, 0, stream>>>(partial.as<double>(), blocks, out);
+  sum_partials<<<1, kThreads, 0, stream>>>(partial.get(), blocks, out);
   INFOLENS_CUDA_CHECK(cudaGetLastError());
   partial.free();
   norms.free();

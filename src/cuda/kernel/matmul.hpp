@@ -12,10 +12,12 @@
 #include <stdexcept>
 #include <vector>
 
+#include "dtype.hpp"
+
 namespace infolens::cuda::kernel {
 
 enum class Kind : int { gaussian = 0, laplacian = 1, linear = 2 };
-enum class Dtype : int { float32 = 0, float64 = 1 };
+using cuda::Dtype;
 
 // At most this many factors in one product (they travel as one kernel parameter).
 constexpr int kMaxFactors = 16;
@@ -24,13 +26,6 @@ struct Factor {
   Kind kind;
   const void* x;  // device pointer to [n, dim] of the call's dtype
   int64_t dim;
-};
-
-// Thrown when the device has no room for a workspace; Python sees CudaOutOfMemory, a subclass of
-// both CudaError and MemoryError.
-class CudaOutOfMemory : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
 };
 
 // out[n, b] = K @ v, with v and out float64 [n, b] row-major in device memory. Enqueued on
