@@ -33,3 +33,12 @@ def gpu_available():
 
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for one test (closed forms are checked in float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

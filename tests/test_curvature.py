@@ -15,13 +15,7 @@ from infolens.curvature import CurvatureOperator, curvature_spectrum
 HESSIAN_MODES = ["forward-over-reverse", "reverse-over-reverse", "finite-difference"]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Closed forms are checked in float64; the default dtype is restored for other tests."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def dense(op):

@@ -4,7 +4,7 @@ torch.func GGN product, the torch reference and the CPU engine (see test_head_ke
 import pytest
 import torch
 
-from test_head_kernel import OUTPUTS, assert_close, dense_ggn, make_inputs, vectors
+from test_head_kernel import OUTPUTS, assert_close, check_each_output_alone, dense_ggn, make_inputs, vectors
 from infolens.reference.head import softmax_ce_ggn as reference
 
 cuda = pytest.importorskip("infolens._native_cuda")
@@ -63,14 +63,7 @@ def test_absent_tangents_and_bias(tangents, bias, dtype):
 
 @pytest.mark.parametrize("outputs", [("out_dh",), ("out_dw",), ("out_dbias",)])
 def test_each_output_alone(outputs):
-    x = on_gpu(make_inputs(50, 600, 19, 2, torch.float64, seed=3))
-    together = dict(zip(OUTPUTS, call_cuda(x)))
-    alone = dict(zip(OUTPUTS, call_cuda(x, outputs)))
-    for name in OUTPUTS:
-        if name in outputs:
-            assert torch.equal(alone[name], together[name])
-        else:
-            assert alone[name] is None
+    check_each_output_alone(call_cuda, on_gpu(make_inputs(50, 600, 19, 2, torch.float64, seed=3)), outputs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

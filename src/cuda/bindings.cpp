@@ -14,6 +14,7 @@
 #include "curvature/softmax_ce_ggn_cuda.hpp"
 #include "device.hpp"
 #include "kernel/matmul.hpp"
+#include "knn/knn.hpp"
 
 namespace py = pybind11;
 using namespace infolens::cuda;
@@ -83,6 +84,41 @@ void check_device(int device) {
 }
 
 cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+// A kNN call's point and query matrices, checked: sizes, row strides, pointer alignment and the
+// metric order. queries == 0 is the self-join (m = n).
+struct KnnArgs {
+  knn::Matrix points, queries;
+  Dtype dtype;
+  int64_t m;
+};
+
+KnnArgs knn_args(std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries,
+                 int64_t m, int64_t ldq, const std::string& dtype, double p) {
+  constexpr int64_t kMax = int64_t(1) << 31;
+  const Dtype dt = parse_dtype(dtype);
+  const std::size_t item = dt == Dtype::float32 ? 4 : 8;
+  auto in_range = [](int64_t x, int64_t lo, int64_t hi, const char* what) {
+    if (x < lo || x > hi)
+      throw std::invalid_argument(std::string(what) + ": must be in [" + std::to_string(lo) + ", " +
+                                  std::to_string(hi) + "], got " + std::to_string(x));
+  };
+  in_range(n, 1, kMax - 1, "n");
+  in_range(dim, 1, 1 << 16, "dim");
+  in_range(ld, dim, int64_t(1) << 20, "ld");
+  check_pointer(points, item, "points");
+  if (!(p == 2.0 || std::isinf(p)) || p < 0)
+    throw std::invalid_argument("p: the CUDA engine serves p = 2 and p = inf, got " + std::to_string(p));
+  KnnArgs args{{reinterpret_cast<const void*>(points), n, dim, ld}, {nullptr, n, dim, dim}, dt, n};
+  if (queries != 0) {
+    in_range(m, 1, kMax - 1, "m");
+    in_range(ldq, dim, int64_t(1) << 20, "ldq");
+    check_pointer(queries, item, "queries");
+    args.queries = {reinterpret_cast<const void*>(queries), m, dim, ldq};
+    args.m = m;
+  }
+  return args;
+}
 
 // softmax_ce_ggn's arguments, checked: sizes, pointers (None = absent), no output overlapping
 // another array, at least one tangent and one output.
@@ -171,6 +207,49 @@ PYBIND11_MODULE(_native_cuda, m) {
       },
       py::arg("device") = 0, "name, compute capability, SM count and memory of one device");
 
+
+  m.attr("knn_max_k") = knn::kMaxK;
+  m.def(
+      "knn",
+      [](std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries, int64_t m,
+         int64_t ldq, const std::string& dtype, double p, int k, std::uintptr_t out_keys,
+         std::uintptr_t out_idx, std::uintptr_t stream, int device) {
+        const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
+        const int64_t most = queries == 0 ? n - 1 : n;
+        if (k < 1 || k > knn::kMaxK || k > most)
+          throw std::invalid_argument("k: must be in [1, " + std::to_string(std::min<int64_t>(most, knn::kMaxK)) +
+                                      "], got " + std::to_string(k));
+        check_pointer(out_keys, a.dtype == Dtype::float32 ? 4 : 8, "out_keys");
+        check_pointer(out_idx, 8, "out_idx");
+        check_device(device);
+        py::gil_scoped_release release;
+        knn::knn(a.points, a.queries, a.dtype, p, k, reinterpret_cast<void*>(out_keys),
+                 reinterpret_cast<int64_t*>(out_idx), as_stream(stream), device);
+      },
+      py::arg("points"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("queries"), py::arg("m"),
+      py::arg("ldq"), py::arg("dtype"), py::arg("p"), py::arg("k"), py::arg("out_keys"), py::arg("out_idx"),
+      py::arg("stream"), py::arg("device"),
+      "k nearest points of each query by (key, index): points [n, dim] with row stride ld, queries "
+      "[m, dim] with row stride ldq (0: the self-join, m = n, j == i excluded), out_keys [m, k] of "
+      "dtype and out_idx [m, k] int64 (dense), all device pointers; p = 2 or inf; enqueued on `stream`");
+  m.def(
+      "knn_count",
+      [](std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries, int64_t m,
+         int64_t ldq, const std::string& dtype, double p, std::uintptr_t radius, bool strict,
+         std::uintptr_t out, std::uintptr_t stream, int device) {
+        const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
+        check_pointer(radius, a.dtype == Dtype::float32 ? 4 : 8, "radius");
+        check_pointer(out, 8, "out");
+        check_device(device);
+        py::gil_scoped_release release;
+        knn::count(a.points, a.queries, a.dtype, p, reinterpret_cast<const void*>(radius), strict,
+                   reinterpret_cast<int64_t*>(out), as_stream(stream), device);
+      },
+      py::arg("points"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("queries"), py::arg("m"),
+      py::arg("ldq"), py::arg("dtype"), py::arg("p"), py::arg("radius"), py::arg("strict"), py::arg("out"),
+      py::arg("stream"), py::arg("device"),
+      "out[i] = #{j : key(q_i, x_j) < radius[i]} (strict) or <= (not strict), int64 [m]; radius [m] of "
+      "dtype; points and queries as in knn (self-join excludes j == i); enqueued on `stream`");
 
   m.def(
       "kernel_matmul",

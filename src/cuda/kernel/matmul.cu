@@ -24,6 +24,7 @@
 
 #include "check.cuh"
 #include "kernel/matmul.hpp"
+#include "shared_memory.cuh"
 #include "stream_memory.cuh"
 
 namespace infolens::cuda::kernel {
@@ -59,23 +60,6 @@ __device__ __forceinline__ double exp_t(double x) { return exp(x); }
 __device__ __forceinline__ float abs_t(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_t(double x) { return fabs(x); }
 
-// 4 consecutive shared-memory elements, 16-byte aligned, in one or two vector accesses.
-__device__ __forceinline__ void ld4(const float* p, float (&r)[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
-}
-__device__ __forceinline__ void ld4(const double* p, double (&r)[4]) {
-  const double2 a = *reinterpret_cast<const double2*>(p);
-  const double2 b = *reinterpret_cast<const double2*>(p + 2);
-  r[0] = a.x, r[1] = a.y, r[2] = b.x, r[3] = b.y;
-}
-__device__ __forceinline__ void st4(float* p, const float (&r)[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
-}
-__device__ __forceinline__ void st4(double* p, const double (&r)[4]) {
-  *reinterpret_cast<double2*>(p) = make_double2(r[0], r[1]);
-  *reinterpret_cast<double2*>(p + 2) = make_double2(r[2], r[3]);
-}
 
 // One warp per row: norm[row] = sum_c x[row, c]^2 (lane-strided, then a fixed shuffle tree).
 template <class T>
@@ -444,19 +428,6 @@ Split split_for(int n, int device) {
   return {row_blocks, ceil_div(tiles, per), per};
 }
 
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes, int device) {
-  int optin = 0;
-  INFOLENS_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (size_t(optin) < bytes) {
-    throw CudaError("kernel engine: the device allows " + std::to_string(optin) +
-                    " bytes of shared memory per block, the kernel needs " + std::to_string(bytes));
-  }
-  INFOLENS_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 template <class T>
 void matmul_impl(const std::vector<Factor>& factors, int n, const double* v, int b, double* out,
                  cudaStream_t stream, int device) {
@@ -466,7 +437,7 @@ void matmul_impl(const std::vector<Factor>& factors, int n, const double* v, int
   const Split split = split_for(n, device);
   Workspace<double> partial(split.segments > 1 ? size_t(split.segments) * n * BC : 0, stream, what);
   const size_t smem = kSmemElems * sizeof(T);
-  allow_shared(matmul_kernel<T>, smem, device);
+  allow_shared(matmul_kernel<T>, smem, device, "kernel_matmul");
   const dim3 grid(split.row_blocks, split.segments);
   for (int c0 = 0; c0 < b; c0 += BC) {
     const int ncols = std::min(BC, b - c0);
@@ -498,7 +469,7 @@ void sum_squares_impl(const std::vector<Factor>& factors, int n, double* out, cu
   const int blocks = split.row_blocks * split.segments;
   Workspace<double> partial(blocks, stream, what);
   const size_t smem = kSmemElems * sizeof(T);
-  allow_shared(sum_squares_kernel<T>, smem, device);
+  allow_shared(sum_squares_kernel<T>, smem, device, "kernel_sum_squares");
   sum_squares_kernel<T><<<dim3(split.row_blocks, split.segments), kThreads, smem, stream>>>(
       fa, n, split.tiles_per_segment, partial.get());
   INFOLENS_CUDA_CHECK(cudaGetLastError());

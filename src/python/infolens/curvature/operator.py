@@ -26,6 +26,16 @@ Conventions:
   random, and neither is a curvature of the loss the model is evaluated with.
 * ``chunk``: columns per vectorised call (memory grows with it); None = all b at once. An
   out-of-memory error halves it and retries.
+* ``head`` (GGN and Fisher): a model whose output is the logits of an ``nn.Linear`` head under
+  softmax cross-entropy (``nn.CrossEntropyLoss`` / ``F.cross_entropy``, mean or sum, any
+  ignore_index and class weights, no label smoothing) gets its head fused (``head.py``): the
+  body's tangents meet the fused head product at the head's input, so no [b, tokens, V] tensor is
+  formed; same product, to rounding. "auto" finds such a head (checked on the first batch) and
+  otherwise uses the generic path; a module or its name insists on that one; None opts out.
+  ``op.head`` is the fused head (None if not) and ``op.head_note`` says which or why not. A
+  language model returns ``logits.transpose(1, 2)`` ([B, V, S], cross-entropy's class axis) for
+  targets [B, S], or ``logits.reshape(-1, V)`` for flattened targets.
+* ``backend``: the fused head's engine, "auto" | "native" | "reference" as for every primitive.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 from torch.func import functional_call
 
 from .. import linalg
+from . import head as heads
 from . import products
 
 KINDS = ("hessian", "ggn", "fisher", "empirical-fisher")
@@ -79,7 +90,8 @@ def _selected(model, params):
 
 class CurvatureOperator(linalg.Operator):
     def __init__(self, model: torch.nn.Module, loss, data, *, kind: str = "ggn", params=None,
-                 mode: str = "auto", batch_size: int | None = None, chunk: int | None = None):
+                 mode: str = "auto", batch_size: int | None = None, chunk: int | None = None,
+                 head="auto", backend: str = "auto"):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if mode not in MODES:
@@ -99,6 +111,15 @@ class CurvatureOperator(linalg.Operator):
         first = named[self.names[0]]
         super().__init__(self._matmul, sum(self.sizes), device=first.device)
         self.dtype = first.dtype
+        self.head, self.head_note = heads.find(model, loss, kind, head, backend, self._state(), self._first_batch)
+
+    def __repr__(self) -> str:
+        return (f"CurvatureOperator(kind={self.kind!r}, n={self.n}, head: {self.head_note}, device={self.device}, "
+                f"calls={self.calls})")
+
+    def _first_batch(self):
+        x, y = next(iter(self.batches()))
+        return x.to(self.device), y.to(self.device)
 
     # flat [P, b] <-> {name: [b, *shape]}
     def _split(self, v: torch.Tensor) -> dict:
@@ -125,6 +146,8 @@ class CurvatureOperator(linalg.Operator):
             def per_sample(t, xi, yi):
                 return self.loss(model_fn(t, xi[None]), yi[None])
             return products.empirical_fisher(per_sample, theta, tangents, x, y, chunk)
+        if self.head is not None:
+            return self.head.ggn(model_fn, theta, tangents, y, chunk)
         if self.kind in ("ggn", "fisher"):
             return products.ggn(model_fn, lambda out: self.loss(out, y), theta, tangents, chunk)
 
