@@ -302,13 +302,14 @@ def run_model(name, model, loader, settings, report):
     settings = dict(settings, P=sum(p.numel() for p in model.parameters() if p.requires_grad))
     tools = [("PyHessian 0.1", pyhessian_tool(model, loader, settings)),
              ("curvlinops 3.0.1", curvlinops_tool(model, loader, settings)),
-             ("infolens (auto = fwd-over-rev)", infolens_tool(model, loader, settings)),
+             ("infolens (auto: fastest mode on the first batch)", infolens_tool(model, loader, settings)),
              ("infolens (rev-over-rev, chunk 1)",
               infolens_tool(model, loader, settings, mode="reverse-over-reverse", chunk=1))]
+    tools = [(tool, methods) for tool, methods in tools if tool.split()[0] in settings["tools"]]
     reference, converged = reference_top5(model, loader)
     print(f"\n{name}: P = {settings['P']}, N = {loader.n_samples}, {len(loader)} batches; reference top-5 "
           f"{fmt_values(reference)} (tol {REFERENCE_TOL:g}, converged {converged})", flush=True)
-    for task in ("trace", "top-5", "density"):
+    for task in settings["tasks"]:
         base = None
         for tool, methods in tools:
             for method, fn in methods[task]:
@@ -326,6 +327,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="N / 4, 12 probes, 4 starts x 16 steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads for every tool (default: all cores; 1 is steadier on a shared machine)")
+    parser.add_argument("--tasks", default="trace,top-5,density", help="which of trace, top-5, density")
+    parser.add_argument("--tools", default="PyHessian,curvlinops,infolens", help="which tools")
+    parser.add_argument("--models", default="MLP,CNN", help="which of MLP, CNN")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scale = 4 if args.quick else 1
@@ -339,7 +343,10 @@ def main():
     print(f"torch threads: {torch.get_num_threads()}")
     print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     reports = []
+    settings.update(tasks=args.tasks.split(","), tools=args.tools.split(","))
     for name, build, shape, n, batch in cases:
+        if name.split()[0] not in args.models.split(","):
+            continue
         x, y = synthetic(shape, n, rng)
         torch.manual_seed(0)
         model = trained(build(), x, y, epochs=1 if args.quick else 5, seed=0)

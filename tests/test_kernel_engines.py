@@ -56,6 +56,17 @@ def test_native_matmul_and_sum_squares_equal_the_formula_and_the_reference(dtype
     assert ref.sum_squares() == pytest.approx(squares, rel=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["gaussian", "laplacian"])
+def test_far_apart_points_give_the_identity(kind, dtype):
+    """Distances up to 1e15 (exponents far past exp's underflow): every off-diagonal value is exactly 0."""
+    x = torch.tensor([[0.0], [1e3], [-1e15], [1e15], [3e14]], dtype=dtype).repeat(1, 3)
+    v = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    matrix = KernelMatrix([(kind, x)], backend="native")
+    assert torch.equal(matrix.matmul(v), v.to(dtype).to(torch.float64))  # V enters in the points' dtype
+    assert matrix.sum_squares() == 5.0
+
+
 def test_native_results_do_not_depend_on_thread_count():
     factors = random_factors(["gaussian", "linear"], 2100, torch.float32, seed=3)
     matrix = _backend._native.KernelMatrix([(k, x.numpy()) for k, x in factors])

@@ -213,6 +213,8 @@ def test_rank_me_and_alpha_req_closed_forms():
     (lambda: matrix_entropy(np.ones((5, 3)), sigma=-2), "sigma must be a positive"),
     (lambda: matrix_entropy(np.ones((5, 3)), sigma="scott"), "sigma must be a positive number or one of"),
     (lambda: matrix_entropy(np.ones((5, 3)), kernel="rbf"), "kernel must be one of"),
+    (lambda: matrix_entropy(np.array([[0.0], [1e30], [3e29]], dtype=np.float32), sigma=1.0), "too large"),
+    (lambda: matrix_entropy(np.array([[0.0], [1e300]]), kernel="laplacian", sigma=1e-10), "too large"),
     (lambda: matrix_entropy(np.ones((5, 3)), method="features"), "method='features' needs linear"),
     (lambda: matrix_entropy(np.ones((5, 3)), method="svd"), "method must be one of"),
     (lambda: matrix_entropy(np.ones((5, 3)), probes=0, method="matrix-free"), "probes must be a positive"),

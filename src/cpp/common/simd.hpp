@@ -107,6 +107,10 @@ inline V vexp(V x) {
     const T ln2_hi = single ? T(0.693359375f) : T(6.93145751953125e-1);
     const T ln2_lo = single ? T(-2.12194440e-4f) : T(1.42860682030941723212e-6);
     const T lowest = single ? T(-87.0f) : T(-708.0);
+    // Below `lowest` the result is 0 (masked at the end); clamping first keeps the exponent
+    // arithmetic in range for any input, however negative.
+    const I below = vless(x, V{} + lowest, false);
+    x = (V)(((I)x & ~below) | ((I)(V{} + lowest) & below));
     const V m = x * T(1.4426950408889634) + magic;
     const V n = m - magic;
     const V r = (x - n * ln2_hi) - n * ln2_lo;
@@ -128,7 +132,7 @@ inline V vexp(V x) {
     }
     const I n_bits = (I)m - (I)(V{} + magic);
     const V result = (V)((I)p + (n_bits << mantissa));
-    return (V)((I)result & ~vless(x, V{} + lowest, false));
+    return (V)((I)result & ~below);
 }
 
 template <class V, class T>

@@ -18,8 +18,9 @@ Conventions:
   information, which for softmax cross-entropy and mean squared error (the likelihoods whose
   natural parameters are the outputs) equals the GGN and is computed as such; "empirical-fisher"
   (sum of per-sample gradient outer products / N).
-* ``mode`` (Hessian only): "auto" tries forward-over-reverse, then reverse-over-reverse, then
-  central finite differences, keeping the first that works for this model.
+* ``mode`` (Hessian only): "auto" times forward-over-reverse and reverse-over-reverse (vectorised,
+  and the latter also column by column) on the first batch and keeps the fastest that works for
+  this model; central finite differences only where neither works.
 * BatchNorm and dropout: products run with the model in eval mode (running statistics, no
   dropout), restored afterwards, so that every pass sees the same deterministic function; in
   train mode BatchNorm would couple the samples of a batch and dropout would make the operator
@@ -41,6 +42,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch.func import functional_call
@@ -156,18 +158,48 @@ class CurvatureOperator(linalg.Operator):
 
         if self.mode != "auto":
             return products.HESSIAN_MODES[self.mode](f, theta, tangents, chunk)
-        errors = []
-        for name, product in products.HESSIAN_MODES.items():
+        return self._choose_mode(f, theta, tangents, chunk)
+
+    def _choose_mode(self, f, theta, tangents, chunk):
+        """mode="auto", on the first batch: every exact mode that works for this model is timed
+        (vectorised over the columns, and reverse-over-reverse also one column at a time), and the
+        fastest is kept for every later product; finite differences only where none works.
+        Which wins depends on the model and the device: on a CPU, vectorised convolutions ran 2x
+        slower than a loop over columns, while an MLP's products ran fastest vectorised."""
+        candidates = [("forward-over-reverse", chunk), ("reverse-over-reverse", chunk)]
+        if chunk is None or chunk > 1:
+            candidates.append(("reverse-over-reverse", 1))
+        best, errors = None, []
+        for name, columns in candidates:
             try:
-                out = product(f, theta, tangents, chunk)
+                start = self._clock()
+                out = products.HESSIAN_MODES[name](f, theta, tangents, columns)
+                seconds = self._clock() - start
             except (RuntimeError, NotImplementedError) as exc:
                 if _out_of_memory(exc):
                     raise
                 errors.append(f"{name}: {exc}")
                 continue
-            self.mode = name  # keep what works for this model
+            if best is None or seconds < best[0]:
+                best = (seconds, name, columns, out)
+        if best is not None:
+            _, self.mode, columns, out = best
+            self.chunk = columns
             return out
-        raise RuntimeError("no Hessian-vector product mode works for this model:\n" + "\n".join(errors))
+        try:
+            out = products.hessian_finite_difference(f, theta, tangents, chunk)
+        except (RuntimeError, NotImplementedError) as exc:
+            if _out_of_memory(exc):
+                raise
+            errors.append(f"finite-difference: {exc}")
+            raise RuntimeError("no Hessian-vector product mode works for this model:\n" + "\n".join(errors)) from exc
+        self.mode = "finite-difference"
+        return out
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _matmul(self, v: torch.Tensor) -> torch.Tensor:
         chunk = self.chunk

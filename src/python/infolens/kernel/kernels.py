@@ -102,7 +102,18 @@ def factor(x: torch.Tensor, kernel: str, sigma, *, name: str, seed: int, backend
     p = 2.0 if kernel == "gaussian" else 1.0
     s = bandwidth(x, sigma, p, seed, backend)
     scale = s * math.sqrt(2.0) if kernel == "gaussian" else s
-    return kernel, (x / scale).contiguous(), s
+    points = (x / scale).contiguous()
+    _check_range(points, kernel, name)
+    return kernel, points, s
+
+
+def _check_range(points: torch.Tensor, kind: str, name: str):
+    """The engines form |x|^2 + |y|^2 - 2 x.y (gaussian) or sum_c |x_c - y_c| (laplacian) in the
+    points' dtype; where that overflows a kernel value would be silently wrong, so say so."""
+    size = points.abs().sum(dim=1) if kind == "laplacian" else points.square().sum(dim=1)
+    if not bool(torch.isfinite(4 * size).all()):
+        raise ValueError(f"{name}: values too large for {kind} kernel arithmetic in {points.dtype} once divided "
+                         "by the bandwidth; pass float64 data or a larger sigma")
 
 
 def merged(factors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:

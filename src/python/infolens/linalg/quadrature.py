@@ -170,8 +170,9 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
     # a probe (numerically) inside span(U) has nothing left to measure: a breakdown at step 0
     active = norms2 > _BREAKDOWN ** 2 * before
     v = torch.where(active[:, None], z / norms2.clamp(min=torch.finfo(torch.float64).tiny).sqrt()[:, None], 0.0)
-    # each probe's Lanczos vectors as rows: the projection against them is a batched product over
-    # the leading j + 1 rows, a strided view that bmm reads in place
+    # each probe's Lanczos vectors as rows, so that projecting against the leading j + 1 of them
+    # streams contiguous memory (two matrix-vector products per probe; a batched bmm over the
+    # strided view ran 4x slower, and this step dominates SLQ's own cost)
     basis = z.new_zeros(probes, steps, op.n)
     alpha = z.new_zeros(probes, steps)
     beta = torch.zeros_like(alpha)
@@ -180,10 +181,12 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
         basis[:, j] = v
         w = op(v.T).T.contiguous()
         for _ in range(2):  # CGS2 against U and the probe's own vectors
-            w = project_out(w.T, u).T
-            coef = torch.bmm(basis[:, :j + 1], w[:, :, None])
-            w = w - torch.bmm(basis[:, :j + 1].transpose(1, 2), coef)[:, :, 0]
-            alpha[:, j] += coef[:, j, 0]
+            w = project_out(w.T, u).T.contiguous()
+            for i in range(probes):
+                q = basis[i, :j + 1]
+                coef = q @ w[i]
+                w[i] -= coef @ q
+                alpha[i, j] += coef[j]
         b = norms(w, dim=1)
         scale = max(scale, float(alpha[:, j].abs().max()), float(b.max()))
         length[active] = j + 1
