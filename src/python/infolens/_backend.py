@@ -124,7 +124,12 @@ class NativeIndex:
         return out
 
 
-_CUDA_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+CUDA_DTYPES = {torch.float32: "float32", torch.float64: "float64"}  # as the CUDA bindings name them
+
+
+def cuda_launch(device: torch.device) -> tuple[int, int]:
+    """(the device's current stream, the device's index): where every CUDA engine call is enqueued."""
+    return torch.cuda.current_stream(device).cuda_stream, device.index or 0  # CUDA tensors' devices carry an index
 _MAX_LD = 1 << 20  # the largest row stride the CUDA bindings take
 _MAX_DIM = 1 << 16  # and the most features
 
@@ -167,13 +172,12 @@ class CudaIndex:
         if algorithm not in ("auto", "brute"):
             raise ValueError(f"algorithm={algorithm!r} is not served on CUDA tensors: the CUDA engine is brute "
                              "force; use 'auto' or 'brute'")
-        if points.dtype not in _CUDA_DTYPES:
+        if points.dtype not in CUDA_DTYPES:
             raise TypeError(f"points must be float32 or float64, got {points.dtype}")
         self.points, self._ld = _rows(points)
         self.p = p
         self.device = points.device
-        self._device_index = points.device.index or 0  # a CUDA tensor's device always has its index
-        self._dtype = _CUDA_DTYPES[points.dtype]
+        self._dtype = CUDA_DTYPES[points.dtype]
         # The kernels serve the max-norm and the Euclidean key (up to 2^16 features); other L^p keys
         # go to the torch path.
         self._served = (p == 2.0 or p == math.inf) and points.shape[1] <= _MAX_DIM
@@ -202,9 +206,6 @@ class CudaIndex:
         q, ldq = _rows(queries)
         return q, q.shape[0], ldq
 
-    def _stream(self) -> int:
-        return torch.cuda.current_stream(self.device).cuda_stream
-
     def knn(self, k: int, queries: torch.Tensor | None = None):
         if not self._served or k > _native_cuda.knn_max_k:
             # p outside {2, inf} or k past the fused kernels' limit: the torch path, same function.
@@ -215,8 +216,7 @@ class CudaIndex:
         if m == 0:
             return keys, idx
         _native_cuda.knn(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m, ldq,
-                         self._dtype, self.p, k, keys.data_ptr(), idx.data_ptr(), self._stream(),
-                         self._device_index)
+                         self._dtype, self.p, k, keys.data_ptr(), idx.data_ptr(), *cuda_launch(self.device))
         return keys, idx
 
     def count(self, radius: torch.Tensor, strict: bool, queries: torch.Tensor | None = None):
@@ -231,7 +231,7 @@ class CudaIndex:
             return out
         _native_cuda.knn_count(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m,
                                ldq, self._dtype, self.p, radius.data_ptr(), bool(strict), out.data_ptr(),
-                               self._stream(), self._device_index)
+                               *cuda_launch(self.device))
         return out
 
 

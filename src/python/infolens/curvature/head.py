@@ -115,10 +115,8 @@ def softmax_ce_ggn(engine, h, w, bias, token_weights, dh, dw, dbias, wanted=(Tru
                  for shape, want in zip(((b, T, d), (b, V, d), (b, V)), wanted))
     arrays = (h, w, bias, token_weights, dh, dw, dbias, *outs)
     if h.device.type == "cuda":
-        device = h.device.index if h.device.index is not None else torch.cuda.current_device()
         _backend._native_cuda.softmax_ce_ggn(*(None if a is None else a.data_ptr() for a in arrays),
-                                             T, V, d, b, str(h.dtype).removeprefix("torch."),
-                                             torch.cuda.current_stream(h.device).cuda_stream, device)
+                                             T, V, d, b, _backend.CUDA_DTYPES[h.dtype], *_backend.cuda_launch(h.device))
     else:
         _backend._native.softmax_ce_ggn(*(None if a is None else a.numpy() for a in arrays))
     return outs

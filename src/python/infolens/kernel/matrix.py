@@ -39,8 +39,7 @@ class KernelMatrix:
             self._cpu.matmul(v.numpy(), out.numpy())
         else:
             _backend._native_cuda.kernel_matmul(*self._cuda_args(), v.data_ptr(), v.shape[1], out.data_ptr(),
-                                                torch.cuda.current_stream(self.device).cuda_stream,
-                                                self.device.index or 0)
+                                                *_backend.cuda_launch(self.device))
         return out
 
     def sum_squares(self) -> float:
@@ -51,8 +50,7 @@ class KernelMatrix:
             return self._cpu.sum_squares()
         out = torch.empty(1, dtype=torch.float64, device=self.device)
         _backend._native_cuda.kernel_sum_squares(*self._cuda_args(), out.data_ptr(),
-                                                 torch.cuda.current_stream(self.device).cuda_stream,
-                                                 self.device.index or 0)
+                                                 *_backend.cuda_launch(self.device))
         return float(out)
 
     def diagonal(self) -> torch.Tensor:
@@ -89,7 +87,7 @@ class KernelMatrix:
         kinds = [kind for kind, _ in self.factors]
         pointers = [x.data_ptr() for _, x in self.factors]
         dims = [x.shape[1] for _, x in self.factors]
-        dtype = "float32" if self.dtype == torch.float32 else "float64"
+        dtype = _backend.CUDA_DTYPES[self.dtype]
         return kinds, pointers, dims, self.n, dtype
 
 
