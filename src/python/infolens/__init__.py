@@ -4,13 +4,17 @@ kNN estimators (entropy, mutual information, divergences) and kernel-matrix entr
 representations (matrix-based Renyi entropy, Vendi score, diffusion spectral entropy, RankMe),
 and the curvature of a model's loss (``infolens.curvature``) over the Krylov methods of
 ``infolens.linalg``.
+Every kNN and kernel estimator also takes ``ci=``, ``n_permutations=``, ``ladder=`` and
+``compress=`` (``infolens.trust``): confidence intervals, permutation tests, a consistency check
+over subsample sizes and compressed representations; ``infolens.layers`` diagnoses a model's
+layers (weight spectra, train/test divergence of representations).
 Estimators take numpy arrays or torch tensors (samples are rows; 1-D means one feature), return
 an ``Estimate`` (a float with a standard error, pointwise values and the share of tied
 neighbour distances), work in nats unless ``base=`` says otherwise, and run on the native C++
 engine with a pure-torch reference path behind it (``backend=``, ``INFOLENS_BACKEND``).
 """
 
-from . import curvature, linalg
+from . import curvature, layers, linalg, trust
 from ._backend import native_available
 from .kernel import (alpha_req, diffusion_spectral_entropy, diffusion_spectral_mutual_info, matrix_entropy,
                      matrix_mutual_info, rank_me, total_correlation, vendi_score)

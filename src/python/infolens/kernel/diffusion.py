@@ -25,6 +25,7 @@ import torch
 
 from .._arrays import as_labels, as_samples
 from ..result import Estimate, units_of
+from ..trust.trusted import Design, trusted
 from . import spectrum as spectra
 from .entropy import solver_options
 from .kernels import bandwidth, check_sigma
@@ -60,6 +61,7 @@ def _prepare(x, sigma, seed: int, backend: str):
     return X, bandwidth(X, rule, 2.0, seed, backend)
 
 
+@trusted(Design((("x",),), compress=("x",)))
 def diffusion_spectral_entropy(x, t=1, *, sigma="median", base=None, method: str = "auto",
                                rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,
                                steps: int = spectra.DEFAULT_STEPS, seed: int = 0,
@@ -74,6 +76,8 @@ def diffusion_spectral_entropy(x, t=1, *, sigma="median", base=None, method: str
                     units=units, backend=details["backend"], details=details)
 
 
+@trusted(Design((("x", "labels"),), null=("shuffle", "labels"), compress=("x",),
+         hypothesis="the independence of x and the labels"))
 def diffusion_spectral_mutual_info(x, labels, t=1, *, sigma="median", repetitions: int = 5, base=None,
                                    method: str = "auto", rank: int | None = None,
                                    probes: int = spectra.DEFAULT_PROBES, steps: int = spectra.DEFAULT_STEPS,

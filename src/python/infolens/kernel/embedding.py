@@ -19,6 +19,7 @@ import torch
 
 from .._arrays import as_samples
 from ..result import Estimate
+from ..trust.trusted import Design, trusted
 
 
 def _covariance_eigenvalues(z: torch.Tensor) -> torch.Tensor:
@@ -27,6 +28,7 @@ def _covariance_eigenvalues(z: torch.Tensor) -> torch.Tensor:
     return (s.square() / z.shape[0]).cpu()
 
 
+@trusted(Design((("z",),), compress=("z",)))
 def rank_me(z, *, spectrum: str = "singular", eps: float = 0.0) -> Estimate:
     """RankMe effective rank of embeddings ``z`` [N, d] (see module docstring)."""
     Z = as_samples(z, "z").to(torch.float64)
@@ -47,6 +49,7 @@ def rank_me(z, *, spectrum: str = "singular", eps: float = 0.0) -> Estimate:
                     units="dimensions", backend="torch")
 
 
+@trusted(Design((("z",),), compress=("z",)))
 def alpha_req(z, *, fit_range=(10, 99), weighted: bool = False) -> Estimate:
     """alpha-ReQ power-law decay exponent of the covariance spectrum of ``z`` [N, d]."""
     Z = as_samples(z, "z").to(torch.float64)

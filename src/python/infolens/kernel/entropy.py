@@ -28,6 +28,7 @@ import torch
 
 from .._arrays import as_samples, common_dtype
 from ..result import Estimate, units_of
+from ..trust.trusted import Design, trusted
 from . import spectrum as spectra
 from .kernels import check_kernel, check_sigma, factor, merged
 from .matrix import KernelMatrix, PrecomputedMatrix
@@ -165,6 +166,7 @@ def _name(alpha: float) -> str:
     return "von Neumann" if alpha == 1.0 else f"renyi alpha={alpha:g}"
 
 
+@trusted(Design((("x",),), compress=("x",)))
 def matrix_entropy(x, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman", base=None,
                    method: str = "auto", rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,
                    steps: int = spectra.DEFAULT_STEPS, seed: int = 0, backend: str = "auto"):
@@ -198,6 +200,8 @@ def _information(xs, names, alpha, kernel, sigma, base, solver, seed, backend, m
     return _estimate(value, se, base, variables.n, f"matrix {method_name} ({_name(alpha)})", details)
 
 
+@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"),
+         hypothesis="the independence of x and y"))
 def matrix_mutual_info(x, y, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman", base=None,
                        method: str = "auto", rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,
                        steps: int = spectra.DEFAULT_STEPS, seed: int = 0, backend: str = "auto") -> Estimate:
@@ -210,6 +214,8 @@ def matrix_mutual_info(x, y, alpha=1.0, *, kernel: str = "gaussian", sigma="silv
                         seed, backend, "mutual information")
 
 
+@trusted(Design((("xs",),), null=("shuffle-each", "xs"), compress=("xs",),
+         hypothesis="the mutual independence of the variables"))
 def total_correlation(xs, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman", base=None,
                       method: str = "auto", rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,
                       steps: int = spectra.DEFAULT_STEPS, seed: int = 0, backend: str = "auto") -> Estimate:
@@ -220,6 +226,7 @@ def total_correlation(xs, alpha=1.0, *, kernel: str = "gaussian", sigma="silverm
                         solver_options(method, rank, probes, steps), seed, backend, "total correlation")
 
 
+@trusted(Design((("x",),), compress=("x",)))
 def vendi_score(x, q=1.0, *, kernel: str = "cosine", sigma="median", method: str = "auto",
                 rank: int | None = None, probes: int = spectra.DEFAULT_PROBES, steps: int = spectra.DEFAULT_STEPS,
                 seed: int = 0, backend: str = "auto") -> Estimate:

@@ -54,7 +54,7 @@ def check_sigma(sigma):
     return value
 
 
-def _standardised(x: torch.Tensor) -> torch.Tensor:
+def standardised(x: torch.Tensor) -> torch.Tensor:
     std = x.std(dim=0, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature adds no distance
     return (x - x.mean(dim=0)) / std
@@ -98,7 +98,7 @@ def factor(x: torch.Tensor, kernel: str, sigma, *, name: str, seed: int, backend
     if kernel == "linear":
         return "linear", x, None
     if sigma == "silverman":
-        x = _standardised(x)
+        x = standardised(x)
     p = 2.0 if kernel == "gaussian" else 1.0
     s = bandwidth(x, sigma, p, seed, backend)
     scale = s * math.sqrt(2.0) if kernel == "gaussian" else s

@@ -12,9 +12,13 @@ import math
 
 from .._arrays import common_dtype
 from ..result import Estimate, from_pointwise
+from ..trust.trusted import Design, trusted
 from ._common import build_index, check_k, kth_neighbours, log_distance, metric_order, prepare
 
 
+@trusted(Design((("p_samples",), ("q_samples",)), null=("pool", "p_samples", "q_samples"),
+         compress=("p_samples", "q_samples"), pooled=True,
+         hypothesis="P = Q (pooled samples)"))
 def kl_divergence(p_samples, q_samples, k: int = 3, *, metric="max", base=None, backend: str = "auto",
                   jitter: float = 0.0, seed: int = 0) -> Estimate:
     """D(P || Q) from samples of P ([n, d]) and of Q ([m, d])."""

@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..result import Estimate, from_pointwise, units_of
+from ..trust.trusted import Design, trusted
 from ._common import (build_index, check_k, digamma, kth_neighbours, log_distance, log_unit_ball,
                       metric_order, prepare)
 
@@ -40,6 +41,7 @@ def _log_kth_distances(x, k, metric, backend, jitter, seed):
     return X, p, log_distance(kth, p), float(tied.double().mean()), index.backend
 
 
+@trusted(Design((("x",),), compress=("x",)))
 def entropy(x, k: int = 3, *, metric="max", base=None, backend: str = "auto", jitter: float = 0.0,
             seed: int = 0) -> Estimate:
     """Kozachenko-Leonenko differential entropy of the samples ``x`` ([N] or [N, d]).
@@ -55,6 +57,7 @@ def entropy(x, k: int = 3, *, metric="max", base=None, backend: str = "auto", ji
                           method=f"kozachenko-leonenko(p={p:g})", backend=engine)
 
 
+@trusted(Design((("x",),), compress=("x",)))
 def renyi_entropy(x, q: float, k: int = 3, *, metric="max", base=None, backend: str = "auto",
                   jitter: float = 0.0, seed: int = 0) -> Estimate:
     """Leonenko-Pronzato-Savani Renyi entropy of order ``q`` (0 < q < k + 1, q != 1).

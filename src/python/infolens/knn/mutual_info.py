@@ -36,6 +36,7 @@ import torch
 
 from .._arrays import as_labels, common_dtype, is_discrete, same_samples
 from ..result import Estimate, from_pointwise, units_of
+from ..trust.trusted import Design, trusted
 from ._common import build_index, check_k, digamma, kth_neighbours, metric_order, prepare
 
 METHODS = ("auto", "ksg1", "ksg2", "ross", "mixed")
@@ -168,6 +169,8 @@ def _one(X, Y, k, method, metric, base, backend) -> Estimate:
     return _ksg(X, Y, k, method, base, backend)
 
 
+@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"),
+         hypothesis="the independence of x and y"))
 def mutual_info(x, y, k: int = 3, *, method: str = "auto", metric="max", base=None, backend: str = "auto",
                 jitter: float = 0.0, seed: int = 0) -> Estimate:
     """Mutual information I(X; Y) between samples ``x`` [N, dx] and ``y`` [N, dy] (or labels [N]).
@@ -183,6 +186,8 @@ def mutual_info(x, y, k: int = 3, *, method: str = "auto", metric="max", base=No
     return _one(X, _prepare_y(y, method, k, backend, jitter, seed), k, method, metric, base, backend)
 
 
+@trusted(Design((("xs", "y"),), null=("shuffle", "y"), compress=("xs", "y"),
+         hypothesis="the independence of each x and y"))
 def mutual_info_batch(xs, y, k: int = 3, *, method: str = "auto", metric="max", base=None,
                       backend: str = "auto", jitter: float = 0.0, seed: int = 0) -> list[Estimate]:
     """I(X_j; Y) for every x in ``xs`` against one ``y`` (e.g. every layer against the labels).
@@ -203,6 +208,8 @@ def mutual_info_batch(xs, y, k: int = 3, *, method: str = "auto", metric="max", 
     return out
 
 
+@trusted(Design((("x", "y", "z"),), null=("local", "y", "z"), compress=("x", "y", "z"),
+         hypothesis="the conditional independence of x and y given z (local permutation)"))
 def conditional_mutual_info(x, y, z, k: int = 3, *, base=None, backend: str = "auto", jitter: float = 0.0,
                             seed: int = 0) -> Estimate:
     """Frenzel-Pompe conditional mutual information I(X; Y | Z), max-norm, strict counts."""
