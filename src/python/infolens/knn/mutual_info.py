@@ -44,20 +44,35 @@ _INF = math.inf
 
 
 class _Space:
-    """One variable's samples and the max-norm index over them, built once and shared by pairs."""
+    """One variable's samples and the index over them (L^p, max-norm unless said), built once and
+    shared: by pairs against one y, and by every permutation of a permutation test."""
 
-    def __init__(self, t: torch.Tensor, backend: str):
+    def __init__(self, t: torch.Tensor, backend: str, p: float = _INF):
         self.t = t
         self.backend = backend
+        self.p = p
         self._index = None
 
     def index(self):
         if self._index is None:
-            self._index = build_index(self.t, _INF, self.backend)
+            self._index = build_index(self.t, self.p, self.backend)
         return self._index
 
     def as_dtype(self, dtype: torch.dtype) -> "_Space":
-        return self if self.t.dtype == dtype else _Space(self.t.to(dtype), self.backend)
+        return self if self.t.dtype == dtype else _Space(self.t.to(dtype), self.backend, self.p)
+
+    def count(self, radii: torch.Tensor, strict: bool, perm: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-join counts within ``radii``; with ``perm``, for the rows in the order t[perm].
+
+        Row i of t[perm] is point perm[i] of this index and the other rows are the other points,
+        so its count is point perm[i]'s own count: the radii go to perm, the counts come back.
+        """
+        if perm is None:
+            return self.index().count(radii, strict=strict)
+        perm = perm.to(radii.device)
+        scattered = torch.empty_like(radii)
+        scattered[perm] = radii
+        return self.index().count(scattered, strict=strict)[perm]
 
 
 def _marginal_extent(t: torch.Tensor, neighbours: torch.Tensor, rows: int = 1 << 16) -> torch.Tensor:
@@ -75,30 +90,32 @@ def _infinite(n, k, method, base, engine) -> Estimate:
     return Estimate(_INF, stderr=0.0, pointwise=None, n=n, k=k, method=method, units=units, backend=engine)
 
 
-def _ksg(X: torch.Tensor, ys: _Space, k: int, method: str, base, backend: str) -> Estimate:
-    ys = ys.as_dtype(X.dtype)
-    Y = ys.t
+def _permuted(t: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    return t if perm is None else t[perm.to(t.device)]
+
+
+def _ksg(xs: _Space, ys: _Space, k: int, method: str, base, backend: str, perm=None) -> Estimate:
+    X, Y = xs.t, _permuted(ys.t, perm)
     n = X.shape[0]
     joint = build_index(torch.cat([X, Y], dim=1), _INF, backend)
     if X.shape == Y.shape and torch.equal(X, Y):
         return _infinite(n, k, method, base, joint.backend)
     eps, neighbours, tied = kth_neighbours(joint, k)
-    xs = _Space(X, backend)
     if method == "ksg1":
-        n_x = xs.index().count(eps, strict=True)
-        n_y = ys.index().count(eps, strict=True)
+        n_x = xs.count(eps, strict=True)
+        n_y = ys.count(eps, strict=True, perm=perm)
         terms = digamma(k) + digamma(n) - digamma(n_x + 1) - digamma(n_y + 1)
     else:
-        n_x = xs.index().count(_marginal_extent(X, neighbours), strict=False)
-        n_y = ys.index().count(_marginal_extent(Y, neighbours), strict=False)
+        n_x = xs.count(_marginal_extent(X, neighbours), strict=False)
+        n_y = ys.count(_marginal_extent(Y, neighbours), strict=False, perm=perm)
         terms = digamma(k) - 1.0 / k + digamma(n) - digamma(n_x) - digamma(n_y)
     return from_pointwise(terms, base=base, tie_fraction=float(tied.double().mean()), n=n, k=k,
                           method=method, backend=joint.backend)
 
 
-def _mixed(X: torch.Tensor, ys: _Space, k: int, base, backend: str) -> Estimate:
-    ys = ys.as_dtype(X.dtype)
-    joint_t = torch.cat([X, ys.t], dim=1)
+def _mixed(xs: _Space, ys: _Space, k: int, base, backend: str, perm=None) -> Estimate:
+    X = xs.t
+    joint_t = torch.cat([X, _permuted(ys.t, perm)], dim=1)
     joint = build_index(joint_t, _INF, backend)
     rho, _, tied = kth_neighbours(joint, k)
     n = X.shape[0]
@@ -107,8 +124,8 @@ def _mixed(X: torch.Tensor, ys: _Space, k: int, base, backend: str) -> Estimate:
     if bool(zero.any()):
         # Querying the duplicated rows against the whole set counts i itself, as Gao defines.
         k_tilde[zero] = joint.count(torch.zeros_like(rho[zero]), strict=False, queries=joint_t[zero].contiguous())
-    n_x = _Space(X, backend).index().count(rho, strict=False) + 1
-    n_y = ys.index().count(rho, strict=False) + 1
+    n_x = xs.count(rho, strict=False) + 1
+    n_y = ys.count(rho, strict=False, perm=perm) + 1
     terms = digamma(k_tilde) + math.log(n) - digamma(n_x) - digamma(n_y)
     return from_pointwise(terms, base=base, tie_fraction=float((tied | zero).double().mean()), n=n, k=k,
                           method="mixed", backend=joint.backend)
@@ -126,18 +143,19 @@ class _Labels:
                              f"these labels have fewer (count): {bad}. Lower k or merge rare labels")
 
 
-def _ross(X: torch.Tensor, labels: _Labels, k: int, p: float, base, backend: str) -> Estimate:
+def _ross(xs: _Space, labels: _Labels, k: int, base, backend: str, perm=None) -> Estimate:
+    X = xs.t
     n = X.shape[0]
-    codes = labels.codes.to(X.device)
+    codes = _permuted(labels.codes, perm).to(X.device)
     radius = torch.empty(n, dtype=X.dtype, device=X.device)
     tied = torch.zeros(n, dtype=torch.bool, device=X.device)
     engine = ""
     for c in range(labels.values.numel()):
         rows = (codes == c).nonzero().squeeze(1)
-        index = build_index(X[rows].contiguous(), p, backend)
+        index = build_index(X[rows].contiguous(), xs.p, backend)
         radius[rows], _, tied[rows] = kth_neighbours(index, k)
         engine = index.backend
-    m = build_index(X, p, backend).count(radius, strict=False)
+    m = xs.count(radius, strict=False)
     terms = digamma(n) - digamma(labels.counts.to(X.device)[codes]) + digamma(k) - digamma(m)
     return from_pointwise(terms, base=base, tie_fraction=float(tied.double().mean()), n=n, k=k,
                           method="ross", backend=engine)
@@ -157,19 +175,36 @@ def _prepare_y(y, method: str, k: int, backend: str, jitter: float, seed: int):
     return _Space(prepare(y, "y", jitter, seed + 1), backend)
 
 
-def _one(X, Y, k, method, metric, base, backend) -> Estimate:
+def _spaces(X: torch.Tensor, Y, metric, backend: str):
+    """(x's space, y's space or labels) checked against each other, in one dtype."""
     if isinstance(Y, _Labels):
         if Y.codes.shape[0] != X.shape[0]:
             raise ValueError(f"x and y must have the same number of samples, got {X.shape[0]} and {Y.codes.shape[0]}")
-        return _ross(X, Y, k, metric_order(metric), base, backend)
+        return _Space(X, backend, metric_order(metric)), Y
     same_samples("x", X, "y", Y.t)
     X = common_dtype(X, Y.t)[0]
+    return _Space(X, backend), Y.as_dtype(X.dtype)
+
+
+def _one(xs: _Space, Y, k, method, base, backend, perm=None) -> Estimate:
+    """I(X; Y), or I(X; Y[perm]) for a permutation test."""
+    if isinstance(Y, _Labels):
+        return _ross(xs, Y, k, base, backend, perm)
     if method == "mixed":
-        return _mixed(X, Y, k, base, backend)
-    return _ksg(X, Y, k, method, base, backend)
+        return _mixed(xs, Y, k, base, backend, perm)
+    return _ksg(xs, Y, k, method, base, backend, perm)
 
 
-@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"),
+def _shared_null(args: dict):
+    """The permutation statistic I(X; Y[perm]), with x, y and both marginal indices prepared once."""
+    method = _check_method(args["method"], args["y"])
+    k, backend = args["k"], args["backend"]
+    X = prepare(args["x"], "x", args["jitter"], args["seed"])
+    xs, Y = _spaces(X, _prepare_y(args["y"], method, k, backend, args["jitter"], args["seed"]), args["metric"], backend)
+    return lambda perm: [float(_one(xs, Y, k, method, args["base"], backend, perm))]
+
+
+@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"), shared_null=_shared_null,
          hypothesis="the independence of x and y"))
 def mutual_info(x, y, k: int = 3, *, method: str = "auto", metric="max", base=None, backend: str = "auto",
                 jitter: float = 0.0, seed: int = 0) -> Estimate:
@@ -183,7 +218,8 @@ def mutual_info(x, y, k: int = 3, *, method: str = "auto", metric="max", base=No
     method = _check_method(method, y)
     X = prepare(x, "x", jitter, seed)
     check_k(k, X.shape[0], "x")
-    return _one(X, _prepare_y(y, method, k, backend, jitter, seed), k, method, metric, base, backend)
+    xs, Y = _spaces(X, _prepare_y(y, method, k, backend, jitter, seed), metric, backend)
+    return _one(xs, Y, k, method, base, backend)
 
 
 @trusted(Design((("xs", "y"),), null=("shuffle", "y"), compress=("xs", "y"),
@@ -204,7 +240,7 @@ def mutual_info_batch(xs, y, k: int = 3, *, method: str = "auto", metric="max", 
     for j, x in enumerate(xs):
         X = prepare(x, f"xs[{j}]", jitter, seed)
         check_k(k, X.shape[0], f"xs[{j}]")
-        out.append(_one(X, Y, k, method, metric, base, backend))
+        out.append(_one(*_spaces(X, Y, metric, backend), k, method, base, backend))
     return out
 
 

@@ -25,6 +25,7 @@ import functools
 import inspect
 import numbers
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -51,6 +52,9 @@ class Design:
     compress: tuple[str, ...] = ()       # arguments compress= applies to, each on its own
     pooled: bool = False                 # compress the groups with one map (two samples of a divergence)
     hypothesis: str = ""                 # the null hypothesis the permutation test rejects, in words
+    # For a "shuffle" null: args -> (perm -> statistics), the estimator's own fast path that
+    # prepares what a permutation leaves unchanged (each variable's index) once for all of them.
+    shared_null: Callable | None = None
 
 
 TRUST_DOC = """
@@ -215,9 +219,16 @@ def _permutation_test(run: _Run, args: dict, full: list[float], n_permutations: 
     else:
         observed = full
     gen, cache = run.generator(2000), {}
-    null = [run.values(permutation.rearrange(run.design.null, args, gen, cache), "permuted samples")
-            for _ in range(n_permutations)]
-    return permutation.p_values(observed, null), size
+    design = run.design
+    if design.shared_null is not None and design.null[0] == "shuffle":
+        # The same permutations, in the same order, as the generic path below draws.
+        statistic = design.shared_null(args)
+        rows = n_rows(args[design.null[1]])
+        null = [statistic(torch.randperm(rows, generator=gen)) for _ in range(n_permutations)]
+    else:
+        null = [run.values(permutation.rearrange(design.null, args, gen, cache), "permuted samples")
+                for _ in range(n_permutations)]
+    return permutation.p_values(observed, null), null, size
 
 
 def trusted(design: Design):
@@ -254,17 +265,18 @@ def trusted(design: Design):
                     if ci is not None:
                         fields[o].update(interval=ladders.interval(full[o], lad, ci), confidence=ci)
             if n_permutations is not None:
-                p, size = _permutation_test(run, sub_args, full, n_permutations, permutation_size)
+                p, null, size = _permutation_test(run, sub_args, full, n_permutations, permutation_size)
                 for o, r in enumerate(results):
-                    details = fields[o].get("details", r.details)
-                    fields[o].update(p_value=p[o], n_permutations=n_permutations,
-                                     details=dict(details, permutation_size=size, null_hypothesis=design.hypothesis))
+                    details = dict(fields[o].get("details", r.details), permutation_size=size,
+                                   null_hypothesis=design.hypothesis, null_statistics=[row[o] for row in null])
+                    fields[o].update(p_value=p[o], n_permutations=n_permutations, details=details)
             out = [r.replace(**f) for r, f in zip(results, fields)]
             return out if isinstance(first, list) else out[0]
 
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
                  for name in ("ci", "n_permutations", "ladder", "permutation_size", "compress")]
         call.__signature__ = signature.replace(parameters=list(signature.parameters.values()) + extra)
+        call.design = design
         test = f" (null hypothesis: {design.hypothesis})" if design.hypothesis else ""
         call.__doc__ = (fn.__doc__ or "") + TRUST_DOC.format(test=test)
         return call
