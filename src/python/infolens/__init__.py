@@ -14,7 +14,7 @@ neighbour distances), work in nats unless ``base=`` says otherwise, and run on t
 engine with a pure-torch reference path behind it (``backend=``, ``INFOLENS_BACKEND``).
 """
 
-from . import curvature, layers, linalg, trust
+from . import curvature, infoplane, layers, linalg, trust
 from ._backend import native_available
 from .kernel import (alpha_req, diffusion_spectral_entropy, diffusion_spectral_mutual_info, matrix_entropy,
                      matrix_mutual_info, rank_me, total_correlation, vendi_score)

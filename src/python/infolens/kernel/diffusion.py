@@ -76,7 +76,7 @@ def diffusion_spectral_entropy(x, t=1, *, sigma="median", base=None, method: str
                     units=units, backend=details["backend"], details=details)
 
 
-@trusted(Design((("x", "labels"),), null=("shuffle", "labels"), compress=("x",),
+@trusted(Design((("x", "labels"),), null=("shuffle", "labels"), compress=("x",), permutation_floor=1000,
          hypothesis="the independence of x and the labels"))
 def diffusion_spectral_mutual_info(x, labels, t=1, *, sigma="median", repetitions: int = 5, base=None,
                                    method: str = "auto", rank: int | None = None,

@@ -200,7 +200,7 @@ def _information(xs, names, alpha, kernel, sigma, base, solver, seed, backend, m
     return _estimate(value, se, base, variables.n, f"matrix {method_name} ({_name(alpha)})", details)
 
 
-@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"),
+@trusted(Design((("x", "y"),), null=("shuffle", "y"), compress=("x", "y"), permutation_floor=1000,
          hypothesis="the independence of x and y"))
 def matrix_mutual_info(x, y, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman", base=None,
                        method: str = "auto", rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,
@@ -214,7 +214,7 @@ def matrix_mutual_info(x, y, alpha=1.0, *, kernel: str = "gaussian", sigma="silv
                         seed, backend, "mutual information")
 
 
-@trusted(Design((("xs",),), null=("shuffle-each", "xs"), compress=("xs",),
+@trusted(Design((("xs",),), null=("shuffle-each", "xs"), compress=("xs",), permutation_floor=1000,
          hypothesis="the mutual independence of the variables"))
 def total_correlation(xs, alpha=1.0, *, kernel: str = "gaussian", sigma="silverman", base=None,
                       method: str = "auto", rank: int | None = None, probes: int = spectra.DEFAULT_PROBES,

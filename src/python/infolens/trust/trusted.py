@@ -13,7 +13,8 @@ bandwidth picked by a rule on all N samples is pinned, because a rule would pick
 bandwidth at another size and so estimate another quantity.
 
 The permutation statistic is the estimate on a fixed random subsample of ``permutation_size``
-rows (default: all rows up to 5,000, else N / 20 and at least 5,000). A permutation test is exact
+rows (default: all rows up to 5,000, else N / 20 and at least 5,000; for kernel estimators,
+whose exact path costs O(N^3), 1,000 in place of 5,000). A permutation test is exact
 with any statistic; a smaller one costs proportionally less and has less power (it detects
 dependence down to about the statistic's spread at that size), which keeps 200 permutations near
 10 full estimates at any N. ``permutation_size=N`` tests at full power.
@@ -39,7 +40,6 @@ from .samples import as_rows, blocks, labels_of, n_rows, order, take
 
 DEFAULT_LEVELS = 4
 MIN_LEVELS = 2
-PERMUTATION_FLOOR = 5000
 PERMUTATION_SHARE = 20
 
 
@@ -55,6 +55,9 @@ class Design:
     # For a "shuffle" null: args -> (perm -> statistics), the estimator's own fast path that
     # prepares what a permutation leaves unchanged (each variable's index) once for all of them.
     shared_null: Callable | None = None
+    # Permutation statistics use all rows up to this many (else N / 20, at least this many);
+    # kernel estimators cost O(N^3) exactly and take a smaller floor.
+    permutation_floor: int = 5000
 
 
 TRUST_DOC = """
@@ -208,7 +211,8 @@ def _permutation_test(run: _Run, args: dict, full: list[float], n_permutations: 
     sizes = run.sizes()
     n = sizes[0]
     if size is None:
-        size = n if n <= PERMUTATION_FLOOR else max(PERMUTATION_FLOOR, n // PERMUTATION_SHARE)
+        floor = run.design.permutation_floor
+        size = n if n <= floor else max(floor, n // PERMUTATION_SHARE)
     size = min(size, n)
     if size < n:
         gen = run.generator(1000)
