@@ -58,7 +58,9 @@ class InfoPlaneTracker:
     ``layers``: names or modules (default every Linear/Conv). ``estimators``: from ``ESTIMATORS``.
     ``bins``: for the binning estimators; ``value_range``: fixed binning's range (default each
     layer's own min..max), one (low, high) for all layers or a dict of them by layer name
-    ((-1, 1) for tanh layers, as Shwartz-Ziv & Tishby bin them). ``kernel``: also
+    ((-1, 1) for tanh layers, as Shwartz-Ziv & Tishby bin them). ``kernel_samples``: the
+    matrix-based estimates ("renyi", ``kernel``) use the first this many of the (already
+    randomly subsampled) inputs, since their exact path costs O(N^3). ``kernel``: also
     DSE and von Neumann entropy per layer. ``curvature``: None, or a dict with ``loss`` (e.g.
     nn.CrossEntropyLoss()) and ``data`` ((x, y) or a DataLoader), optional ``kind`` ("ggn"),
     ``probes`` (4), ``steps`` (16), ``z`` (1e-3, the effective dimension's scale).
@@ -67,7 +69,7 @@ class InfoPlaneTracker:
 
     def __init__(self, model: nn.Module, inputs, labels, *, layers=None, estimators=("fixed",), bins: int = 30,
                  value_range=None, k: int = 3, knn_dims: int = 10, kernel: bool = False, curvature=None,
-                 max_samples: int = 2000, batch_size: int = 1024, directory=None, resume: bool = False,
+                 max_samples: int = 2000, kernel_samples: int = 1000, batch_size: int = 1024, directory=None, resume: bool = False,
                  seed: int = 0):
         self.model = model
         self.layers = select_layers(model, layers)
@@ -84,6 +86,9 @@ class InfoPlaneTracker:
         self.inputs, self.labels = x, y.cpu()
         self.bins, self.value_range, self.k, self.knn_dims = bins, value_range, k, knn_dims
         self.kernel = bool(kernel)
+        if isinstance(kernel_samples, bool) or not isinstance(kernel_samples, numbers.Integral) or kernel_samples < 2:
+            raise ValueError(f"kernel_samples must be an integer >= 2, got {kernel_samples!r}")
+        self.kernel_samples = int(kernel_samples)
         self.curvature = self._check_curvature(curvature)
         self.batch_size = batch_size
         self.seed = seed
@@ -132,9 +137,10 @@ class InfoPlaneTracker:
             ixt = mutual_info(x, t, k=self.k, method="ksg1", compress=self.knn_dims, seed=self.seed)
             ity = mutual_info(t, y, k=self.k, method="ross", compress=self.knn_dims, seed=self.seed)
         else:  # renyi
-            onehot = torch.nn.functional.one_hot(y.long() - int(y.min())).to(torch.float64)
-            ixt = matrix_mutual_info(x, t, seed=self.seed)
-            ity = matrix_mutual_info(t, onehot, seed=self.seed)
+            m = self.kernel_samples
+            onehot = torch.nn.functional.one_hot(y[:m].long() - int(y.min())).to(torch.float64)
+            ixt = matrix_mutual_info(x[:m], t[:m], seed=self.seed)
+            ity = matrix_mutual_info(t[:m], onehot, seed=self.seed)
         return [dict(layer=name, metric=f"I(X;T) {estimator}", value=float(ixt), stderr=_stderr(ixt)),
                 dict(layer=name, metric=f"I(T;Y) {estimator}", value=float(ity), stderr=_stderr(ity))]
 
@@ -142,6 +148,7 @@ class InfoPlaneTracker:
         return self.value_range.get(name) if isinstance(self.value_range, dict) else self.value_range
 
     def _kernel(self, name: str, t: torch.Tensor) -> list[dict]:
+        t = t[: self.kernel_samples]
         dse = diffusion_spectral_entropy(t, seed=self.seed)
         vn = matrix_entropy(t, seed=self.seed)
         return [dict(layer=name, metric="DSE", value=float(dse), stderr=_stderr(dse)),
