@@ -41,7 +41,7 @@ def main():
     for device in devices:
         for n in args.sizes:
             for name, estimate in cases(n, device):
-                plain, value = timed(estimate)
+                plain, value = timed(estimate, repeat=3)
                 ladder, _ = timed(lambda: estimate(ci=0.95))
                 perms, _ = timed(lambda: estimate(n_permutations=args.permutations))
                 full, result = timed(lambda: estimate(ci=0.95, n_permutations=args.permutations))

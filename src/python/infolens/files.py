@@ -65,6 +65,18 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip()
 
 
+def _pick(path: str, names: list, key, what: str) -> str:
+    """The key to read from an archive of ``names``: the one given, or the only one there is."""
+    if key is None:
+        if len(names) != 1:
+            raise ValueError(f"{path}: holds {len(names)} {what}s ({_keys_text(names)}); "
+                             f"choose one with {path}:KEY")
+        return names[0]
+    if key not in names:
+        raise ValueError(f"{path}: no {what} {key!r}; it holds {_keys_text(names)}")
+    return key
+
+
 def _keys_text(keys) -> str:
     keys = list(keys)
     return ", ".join(repr(k) for k in keys) if keys else "(none)"
@@ -143,14 +155,7 @@ def _load_npz(path: str, key):
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not a .npz archive")
     with archive:
-        names = list(archive.files)
-        if key is None:
-            if len(names) != 1:
-                raise ValueError(f"{path}: holds {len(names)} arrays ({_keys_text(names)}); "
-                                 f"choose one with {path}:KEY")
-            key = names[0]
-        elif key not in names:
-            raise ValueError(f"{path}: no array {key!r}; it holds {_keys_text(names)}")
+        key = _pick(path, list(archive.files), key, "array")
         where = f"{path}:{key}"
         try:
             arr = archive[key]
@@ -280,14 +285,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
 
 def _load_safetensors(path: str, key):
     header, start = read_safetensors_header(path)
-    names = [name for name in header if name != "__metadata__"]
-    if key is None:
-        if len(names) != 1:
-            raise ValueError(f"{path}: holds {len(names)} tensors ({_keys_text(names)}); "
-                             f"choose one with {path}:KEY")
-        key = names[0]
-    elif key not in names:
-        raise ValueError(f"{path}: no tensor {key!r}; it holds {_keys_text(names)}")
+    key = _pick(path, [name for name in header if name != "__metadata__"], key, "tensor")
     where = f"{path}:{key}"
     info = header[key]
     try:

@@ -24,7 +24,6 @@ already on disk without computing it again, so a restarted training loop resumes
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
@@ -33,6 +32,7 @@ from .. import curvature as curvature_family
 from ..kernel import diffusion_spectral_entropy, matrix_entropy, matrix_mutual_info
 from ..knn import mutual_info
 from ..layers._select import select_layers
+from ..linalg._checks import positive_int
 from .binning import binned_information
 from .store import MetricStore
 
@@ -78,16 +78,16 @@ class InfoPlaneTracker:
         y = torch.as_tensor(labels)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"labels must be 1-D with one label per input ({x.shape[0]}), got shape {tuple(y.shape)}")
-        if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 2:
-            raise ValueError(f"max_samples must be an integer >= 2, got {max_samples!r}")
+        if positive_int(max_samples, "max_samples") < 2:
+            raise ValueError(f"max_samples must be at least 2, got {max_samples!r}")
         if x.shape[0] > max_samples:
             keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples]
             x, y = x[keep.to(x.device)], y[keep.to(y.device)]
         self.inputs, self.labels = x, y.cpu()
         self.bins, self.value_range, self.k, self.knn_dims = bins, value_range, k, knn_dims
         self.kernel = bool(kernel)
-        if isinstance(kernel_samples, bool) or not isinstance(kernel_samples, numbers.Integral) or kernel_samples < 2:
-            raise ValueError(f"kernel_samples must be an integer >= 2, got {kernel_samples!r}")
+        if positive_int(kernel_samples, "kernel_samples") < 2:
+            raise ValueError(f"kernel_samples must be at least 2, got {kernel_samples!r}")
         self.kernel_samples = int(kernel_samples)
         self.curvature = self._check_curvature(curvature)
         self.batch_size = batch_size

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from .._arrays import as_samples
+from ..linalg._checks import positive_int
 from ..result import Estimate
 from . import ladder as ladders
 from . import permutation
@@ -70,26 +71,20 @@ TRUST_DOC = """
 """
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check(ci, n_permutations, ladder, permutation_size, design: Design, fn_name: str):
     if ci is not None:
         if isinstance(ci, bool) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
             raise ValueError(f"ci must be a confidence level in (0, 1), such as 0.95, got {ci!r}")
         ci = float(ci)
     if n_permutations is not None:
-        n_permutations = _positive_int(n_permutations, "n_permutations")
+        n_permutations = positive_int(n_permutations, "n_permutations")
         if design.null is None:
             raise ValueError(f"n_permutations: {fn_name} estimates one distribution; there is no "
                              "independence to test (use it on mutual information or a divergence)")
     if ladder is not None:
-        ladder = _positive_int(ladder, "ladder")
+        ladder = positive_int(ladder, "ladder")
     if permutation_size is not None:
-        permutation_size = _positive_int(permutation_size, "permutation_size")
+        permutation_size = positive_int(permutation_size, "permutation_size")
     return ci, n_permutations, ladder, permutation_size
 
 
