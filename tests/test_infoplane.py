@@ -207,3 +207,14 @@ def test_report_renders_its_figures_in_a_browser(demo_dir, tmp_path):
     dom = subprocess.run([_chromium(), *flags, "--dump-dom", page], check=True, timeout=120,
                          capture_output=True, text=True).stdout
     assert dom.count("<img") >= 20 and "information plane" in dom
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_tracker_on_a_cuda_model_gives_the_cpu_values():
+    model, x, y = _tiny()
+    cpu = InfoPlaneTracker(model, x, y, estimators=("fixed", "adaptive", "knn")).record(0)
+    gpu = InfoPlaneTracker(model.cuda(), x, y, estimators=("fixed", "adaptive", "knn")).record(0)
+    for a, b in zip(cpu["rows"], gpu["rows"]):
+        assert (a["layer"], a["metric"]) == (b["layer"], b["metric"])
+        assert b["value"] == pytest.approx(a["value"], abs=1e-6)

@@ -32,6 +32,7 @@ from .. import curvature as curvature_family
 from ..kernel import diffusion_spectral_entropy, matrix_entropy, matrix_mutual_info
 from ..knn import mutual_info
 from ..layers._select import select_layers
+from ..layers.capture import model_device, outputs_of
 from ..linalg._checks import positive_int
 from .binning import binned_information
 from .store import MetricStore
@@ -110,26 +111,19 @@ class InfoPlaneTracker:
 
     def activations(self) -> dict[str, torch.Tensor]:
         """name -> [N, features] outputs of each layer on the tracker's inputs (eval mode, no grad)."""
-        captured: dict[str, list] = {name: [] for name in self.layers}
-        hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured[name].append(out.detach()))
-                 for name, module in self.layers.items()]
-        modes = {m: m.training for m in self.model.modules()}
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                for start in range(0, self.inputs.shape[0], self.batch_size):
-                    self.model(self.inputs[start : start + self.batch_size])
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, mode in modes.items():
-                m.training = mode
-        return {name: _flat(torch.cat(parts)) for name, parts in captured.items()}
+        parts: dict[str, list] = {name: [] for name in self.layers}
+        device = model_device(self.model)
+        with outputs_of(self.model, self.layers, "inputs") as forward:
+            for start in range(0, self.inputs.shape[0], self.batch_size):
+                batch = self.inputs[start : start + self.batch_size]
+                for name, out in forward(batch if device is None else batch.to(device)).items():
+                    parts[name].append(out)
+        return {name: _flat(torch.cat(p)) for name, p in parts.items()}
 
     # ---- estimates --------------------------------------------------------------------------
 
     def _plane(self, name: str, t: torch.Tensor, estimator: str, x: torch.Tensor) -> list[dict]:
-        y = self.labels
+        y = self.labels.to(t.device)
         if estimator in ("fixed", "adaptive"):
             ixt, ity = binned_information(t, y, method=estimator, bins=self.bins,
                                           value_range=self._range(name) if estimator == "fixed" else None)
@@ -179,7 +173,7 @@ class InfoPlaneTracker:
             return self.store.checkpoints[self.store.epochs().index(epoch)]
         estimators = self.estimators if estimators is None else _check_estimators(estimators)
         acts = self.activations()
-        x = _flat(self.inputs)
+        x = _flat(self.inputs).to(next(iter(acts.values())).device)  # estimates run where the model does
         rows = []
         for name, t in acts.items():
             for estimator in estimators:

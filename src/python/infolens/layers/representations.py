@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..knn import kl_divergence
+from .capture import model_device, outputs_of
 from ._select import check_model, select_layers
 
 
@@ -70,14 +71,6 @@ def representation_divergence(model, train, test, layers=None, k: int = 3, max_s
     return result
 
 
-def _model_device(model: nn.Module):
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return None
-
-
 def _batches(data, name: str, max_samples, seed: int, batch_size: int):
     """(inputs, keys) batches: tensors are subsampled first, other iterables streamed."""
     gen = torch.Generator().manual_seed(int(seed))
@@ -110,49 +103,17 @@ def _batches(data, name: str, max_samples, seed: int, batch_size: int):
 
 def _activations(model: nn.Module, chosen: dict, data, name: str, max_samples, seed: int, batch_size: int) -> dict:
     """name -> [rows, features] activations of ``data`` at each chosen layer (subsampled)."""
-    device = _model_device(model)
-    captured: dict = {}
-
-    def hook_for(layer):
-        def hook(module, inputs, output):
-            if layer in captured:
-                raise ValueError(f"layers: {layer!r} ran more than once in one forward pass, so its outputs "
-                                 "are not one row per sample")
-            out = output[0] if isinstance(output, (tuple, list)) and output else output
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"layers: {layer!r} returned a {type(out).__name__}, not a tensor")
-            captured[layer] = out.detach()
-        return hook
-
-    modes = [(m, m.training) for m in model.modules()]
-    handles = [module.register_forward_hook(hook_for(layer)) for layer, module in chosen.items()]
+    device = model_device(model)
     keys_kept = None
     rows: dict = {}
-    try:
-        model.eval()
-        with torch.no_grad():
-            for x, keys in _batches(data, name, max_samples, seed, batch_size):
-                captured.clear()
-                model(x.to(device) if device is not None else x)
-                flat = {}
-                for layer in chosen:
-                    if layer not in captured:
-                        raise ValueError(f"layers: {layer!r} did not run in the forward pass of {name}")
-                    out = captured[layer]
-                    out = out.reshape(out.shape[0], -1) if out.ndim > 0 else out.reshape(1, 1)
-                    if out.shape[0] != x.shape[0]:
-                        raise ValueError(f"layers: {layer!r} output has {out.shape[0]} rows for a batch of "
-                                         f"{x.shape[0]} samples of {name}; outputs must be batch first")
-                    if layer in rows and rows[layer].shape[1] != out.shape[1]:
-                        raise ValueError(f"layers: {layer!r} gave {out.shape[1]} features for one batch of {name} and "
-                                         f"{rows[layer].shape[1]} for another; every batch must give the same")
-                    flat[layer] = out
-                keys_kept, rows = _keep_smallest(keys_kept, rows, keys, flat, max_samples)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes:
-            module.training = mode
+    with outputs_of(model, chosen, name) as forward:
+        for x, keys in _batches(data, name, max_samples, seed, batch_size):
+            flat = forward(x.to(device) if device is not None else x)
+            for layer, out in flat.items():
+                if layer in rows and rows[layer].shape[1] != out.shape[1]:
+                    raise ValueError(f"layers: {layer!r} gave {out.shape[1]} features for one batch of {name} and "
+                                     f"{rows[layer].shape[1]} for another; every batch must give the same")
+            keys_kept, rows = _keep_smallest(keys_kept, rows, keys, flat, max_samples)
     if keys_kept is None or keys_kept.numel() == 0:
         raise ValueError(f"{name} yielded no samples")
     return rows
