@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -54,13 +55,15 @@ def load_digits(seed: int):
 
 
 def mlp(activation: str, seed: int) -> nn.Sequential:
+    """Hidden activations named h1..h4 (the tracked layers, as the figures label them), then logits."""
     torch.manual_seed(seed)
     layers = []
-    for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(WIDTHS) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+    for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:]), start=1):
+        if i < len(WIDTHS) - 1:
+            layers += [(f"linear{i}", nn.Linear(a, b)), (f"h{i}", ACTIVATIONS[activation]())]
+        else:
+            layers.append(("logits", nn.Linear(a, b)))
+    return nn.Sequential(OrderedDict(layers))
 
 
 def checkpoints(epochs: int, quick: bool) -> set[int]:
@@ -103,10 +106,9 @@ def train_and_track(name: str, folder: Path, data, epochs: int, quick: bool, res
     order_gen = torch.Generator().manual_seed(seed + 1)
     loss_fn = nn.CrossEntropyLoss()
     hidden = [n for n, m in model.named_modules() if isinstance(m, tuple(ACTIVATIONS.values()))]
-    logits = str(len(model) - 1)
     fixed_range = {layer: (-1.0, 1.0) for layer in hidden} if name == "tanh" else None  # tanh's own range
     n_eval = 500 if quick else 1347
-    tracker = InfoPlaneTracker(model, x_train, y_train, layers=hidden + [logits], estimators=("fixed", "adaptive"),
+    tracker = InfoPlaneTracker(model, x_train, y_train, layers=hidden + ["logits"], estimators=("fixed", "adaptive"),
                                value_range=fixed_range, max_samples=n_eval, kernel_samples=min(n_eval, 600),
                                directory=folder, resume=resume,
                                curvature=dict(loss=loss_fn, data=(x_train[:n_eval], y_train[:n_eval]), kind="ggn",
