@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from ..curvature.plots import plot_complexity, plot_density
@@ -22,8 +23,6 @@ from .plots import plot_curves, plot_plane
 from .store import FIELDS
 
 PLANES = ("fixed", "adaptive", "knn", "renyi")
-PER_LAYER_CURVES = ("DSE", "von Neumann")
-MODEL_CURVES = ("train loss", "train accuracy", "test accuracy", "top eigenvalue", "trace", "effective dimension")
 
 
 def _figure(draw, path: Path) -> bytes:
@@ -54,6 +53,16 @@ def _metrics(directory: Path, runs: dict) -> None:
         f.write("\n")
 
 
+def _curves(store) -> list[str]:
+    """Every metric that is not an information-plane coordinate, in the order first recorded:
+    kernel entropies, curvature summaries and whatever the caller logged (loss, accuracy)."""
+    seen = []
+    for row in store.rows():
+        if not row["metric"].startswith(("I(X;T) ", "I(T;Y) ")) and row["metric"] not in seen:
+            seen.append(row["metric"])
+    return seen
+
+
 def _has(store, metric: str) -> bool:
     return any(r["metric"] == metric for r in store.rows())
 
@@ -71,10 +80,9 @@ def write_report(directory, runs: dict, spectra: dict | None = None, title: str 
             if _has(store, f"I(X;T) {estimator}"):
                 figures.append((f"{name}_plane_{estimator}.png", f"{name}: information plane ({estimator})",
                                 lambda ax, e=estimator, s=store, n=name: plot_plane(s, e, ax, title=f"{n}: information plane ({e})")))
-        for metric in PER_LAYER_CURVES + MODEL_CURVES:
-            if _has(store, metric):
-                figures.append((f"{name}_{metric.replace(' ', '_')}.png", f"{name}: {metric}",
-                                lambda ax, m=metric, s=store: plot_curves(s, m, ax)))
+        for metric in _curves(store):
+            figures.append((f"{name}_{re.sub(r'[^A-Za-z0-9.-]+', '_', metric)}.png", f"{name}: {metric}",
+                            lambda ax, m=metric, s=store: plot_curves(s, m, ax)))
         for estimator in PLANES:
             if _has(store, f"I(T;Y) {estimator}"):
                 figures.append((f"{name}_ITY_{estimator}.png", f"{name}: I(T;Y) over epochs ({estimator})",

@@ -6,8 +6,9 @@ instead. ``compress=`` takes:
 
 * an integer r: PCA to r components;
 * a float in (0, 1): PCA to the fewest components that explain that share of the variance;
-* ("pca", r or share), or ("random", r): a seeded Gaussian random projection to r dimensions,
-  scaled by 1/sqrt(r) so distances are kept on average (Johnson-Lindenstrauss).
+* ("pca", r or share): the same, spelled out;
+* ("random", r): a seeded Gaussian random projection to r dimensions, scaled by 1/sqrt(r) so
+  distances are kept on average (Johnson-Lindenstrauss).
 
 Each variable is compressed on its own (two samples of one distribution, as in a divergence, share
 one map fitted to both). The map is fitted once on all samples, and the subsamples and
@@ -73,10 +74,7 @@ def _pca(t: torch.Tensor, c: Compression) -> tuple[torch.Tensor, Compressed]:
     evals, evecs = torch.linalg.eigh(centred.T @ centred)
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
     share = torch.cumsum(evals, 0) / evals.sum().clamp_min(torch.finfo(torch.float64).tiny)
-    if c.dims is not None:
-        r = min(c.dims, t.shape[1])
-    else:
-        r = int((share < c.variance - 1e-12).sum()) + 1
+    r = c.dims if c.dims is not None else int((share < c.variance - 1e-12).sum()) + 1
     r = min(r, t.shape[1])
     out = (centred @ evecs[:, :r]).to(t.dtype).contiguous()
     return out, Compressed("pca", t.shape[1], r, float(share[r - 1]))
