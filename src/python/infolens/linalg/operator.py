@@ -25,13 +25,16 @@ class Operator:
     """A symmetric linear operator on R^n: ``op(V [n, b]) -> A @ V`` as float64 on ``device``.
 
     ``matmul`` maps a contiguous float64 [n, b] block on ``device`` to A @ V ([n, b], any float
-    dtype). ``calls`` and ``columns`` count applications and the columns they carried.
+    dtype). ``calls`` and ``columns`` count applications and the columns they carried. ``dtype``:
+    the precision the products are computed in (float64 unless said otherwise), which the Krylov
+    methods may store their bases in.
     """
 
-    def __init__(self, matmul, n: int, device="cpu"):
+    def __init__(self, matmul, n: int, device="cpu", dtype=torch.float64):
         self._matmul = matmul
         self.n = positive_int(n, "n")
         self.device = torch.device(device)
+        self.dtype = dtype
         self.calls = 0
         self.columns = 0
 

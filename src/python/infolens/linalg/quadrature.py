@@ -20,9 +20,11 @@ Decisions.
   of what probe noise is left (``Quadrature.trace``).
 * The probes' recurrences are independent (not block Lanczos), but advance together: each step is
   ONE operator call on the block of all probes' vectors, so p probes of m steps cost m calls.
-* Each new vector is projected (twice) against U and against its own probe's earlier vectors, so
-  round-off cannot bring the deflated directions back or create ghost copies of eigenvalues.
-  The p x m Lanczos vectors are stored for this: memory n p m float64.
+* Each new vector, after the three-term recurrence, is projected against U and against its own
+  probe's earlier vectors (twice where the first pass removed most of it), so round-off cannot
+  bring the deflated directions back or create ghost copies of eigenvalues. The p x m Lanczos
+  vectors are stored for this: memory n p m in the operator's precision (float64, or float32
+  for an operator that computes in float32, such as a float32 model's curvature).
 * Breakdown: a beta below 1e-10 of the operator's scale means the probe's Krylov space is
   invariant (a low-rank remainder, a remainder that deflation left empty, a tiny complement);
   the rule found so far is then exact for that probe, its recurrence stops, and its remaining
@@ -171,22 +173,36 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
     active = norms2 > _BREAKDOWN ** 2 * before
     v = torch.where(active[:, None], z / norms2.clamp(min=torch.finfo(torch.float64).tiny).sqrt()[:, None], 0.0)
     # each probe's Lanczos vectors as rows, so that projecting against the leading j + 1 of them
-    # streams contiguous memory (two matrix-vector products per probe; a batched bmm over the
-    # strided view ran 4x slower, and this step dominates SLQ's own cost)
-    basis = z.new_zeros(probes, steps, op.n)
+    # streams contiguous memory (a batched bmm over a strided view ran 4x slower). Stored in the
+    # operator's own precision: a float32 operator's products carry 1e-7 relative error, so a
+    # float64 basis would only double the traffic of this, SLQ's own dominant cost.
+    basis = z.new_zeros(probes, steps, op.n, dtype=getattr(op, "dtype", torch.float64))
     alpha = z.new_zeros(probes, steps)
     beta = torch.zeros_like(alpha)
     length = torch.zeros(probes, dtype=torch.int64, device=z.device)
+    previous = torch.zeros_like(v)
     for j in range(steps):
         basis[:, j] = v
         w = op(v.T).T.contiguous()
-        for _ in range(2):  # CGS2 against U and the probe's own vectors
+        # the three-term recurrence first, in float64; then ONE projection against U and the
+        # probe's own earlier vectors takes out what round-off left (full reorthogonalisation),
+        # and a second only where that one removed most of w (the DGKS test, as in ARPACK): two
+        # passes over the basis per step where CGS2 made four
+        if j:
+            w -= beta[:, j - 1, None] * previous
+        a = (v * w).sum(dim=1)
+        w -= a[:, None] * v
+        alpha[:, j] = a
+        for _ in range(2):
+            size = w.square().sum(dim=1)
             w = project_out(w.T, u).T.contiguous()
             for i in range(probes):
                 q = basis[i, :j + 1]
-                coef = q @ w[i]
-                w[i] -= coef @ q
+                coef = q @ w[i].to(q.dtype)
+                w[i] -= coef.to(w.dtype) @ q
                 alpha[i, j] += coef[j]
+            if bool((w.square().sum(dim=1) >= 0.5 * size).all()):
+                break
         b = norms(w, dim=1)
         scale = max(scale, float(alpha[:, j].abs().max()), float(b.max()))
         length[active] = j + 1
@@ -194,5 +210,6 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
         if j + 1 == steps or not bool(active.any()):
             break
         beta[:, j] = torch.where(active, b, 0.0)
+        previous = v
         v = torch.where(active[:, None], w / b.clamp(min=torch.finfo(torch.float64).tiny)[:, None], 0.0)
     return alpha.cpu(), beta.cpu(), length.cpu(), norms2.cpu()
