@@ -111,9 +111,11 @@ class CurvatureOperator(linalg.Operator):
         self.shapes = [named[name].shape for name in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.batches = _batches(data, batch_size)
-        self.n_samples = sum(int(x.shape[0]) for x, _ in self.batches())
+        counts = [(int(x.shape[0]), _terms(loss, y)) for x, y in self.batches()]
+        self.n_samples = sum(n for n, _ in counts)
         if self.n_samples == 0:
             raise ValueError("data holds no samples")
+        self.n_terms = sum(t for _, t in counts if t is not None)
         self.chunk = chunk
         first = named[self.names[0]]
         super().__init__(self._matmul, sum(self.sizes), device=first.device, dtype=first.dtype)
@@ -257,13 +259,33 @@ class CurvatureOperator(linalg.Operator):
             for x, y in self.batches():
                 x, y = x.to(self.device), y.to(self.device)
                 product = self._batch_product(theta, frozen, x, y, tangents, chunk)
-                weight = 1.0 / self.n_samples if self.kind == "empirical-fisher" else x.shape[0] / self.n_samples
+                weight = 1.0 / self.n_samples if self.kind == "empirical-fisher" else self._weight(y)
                 total = _accumulate(total, product, weight)
         finally:
             self.model.train(was_training)
         # summed in the products' own dtype, per parameter, and joined and widened once: per-batch
         # float64 copies of the [P, b] block took a third of an MLP's product time
         return self._join(total).to(torch.float64)
+
+
+    def _weight(self, y) -> float:
+        """The batch's share of the data set's loss: the terms its mean runs over (samples, or
+        targets not ignored) over all of them; 1 for a summed loss."""
+        terms = _terms(self.loss, y)
+        return 1.0 if terms is None else terms / max(self.n_terms, 1)
+
+
+def _terms(loss, y):
+    """How many terms a batch's mean loss averages over: the samples, or for cross-entropy with
+    class-index targets the targets not ignored (ignore_index) and, with class weights, their
+    total weight; None for a summed loss (each batch then counts in full)."""
+    reduction = getattr(loss, "reduction", "mean")
+    if reduction == "sum":
+        return None
+    if isinstance(loss, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) and not y.is_floating_point():
+        kept = y[y != loss.ignore_index]
+        return float(loss.weight.to(kept.device)[kept].sum()) if loss.weight is not None else int(kept.numel())
+    return int(y.shape[0])
 
 
 def _accumulate(total, product, weight: float):

@@ -359,8 +359,8 @@ def _loss_of(loss) -> _Loss | str:
 
 def _flat(model):
     if type(model) is nn.Sequential:
-        for child in model.children():
-            yield from _flat(child)
+        for child in model:
+            yield from _flat(child)  # iterating, not children(): a layer used twice appears twice
     else:
         yield model
 

@@ -199,7 +199,7 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
             for i in range(probes):
                 q = basis[i, :j + 1]
                 coef = q @ w[i].to(q.dtype)
-                w[i] -= coef.to(w.dtype) @ q
+                w[i] -= (coef @ q).to(w.dtype)
                 alpha[i, j] += coef[j]
             if bool((w.square().sum(dim=1) >= 0.5 * size).all()):
                 break

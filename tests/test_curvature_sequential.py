@@ -1,0 +1,203 @@
+"""The layer-by-layer sweeps of nn.Sequential models (curvature/sequential.py) against dense
+float64 Hessians and Gauss-Newton matrices, against autograd in float32, and the operator's
+choice between them."""
+
+import pytest
+import torch
+from torch import nn
+
+from infolens import linalg
+from infolens.curvature import CurvatureOperator, sequential
+from test_curvature import dense, dense_references
+
+
+def _seeded(build, seed=0):
+    torch.manual_seed(seed)
+    return build()
+
+
+# (name, model builder, inputs [N, ...], targets, loss): every layer type and both losses
+def _cases():
+    g = torch.Generator().manual_seed(5)
+    image = torch.randn(10, 1, 6, 6, generator=g)
+    labels = torch.randint(0, 4, (10,), generator=g)
+    ignored = labels.clone()
+    ignored[[1, 6]] = 3  # ignore_index below: those samples drop out of the mean
+    seq = torch.randn(10, 5, 6, generator=g)
+    return [
+        ("tanh-sigmoid MLP, mean CE",
+         lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 7), nn.Tanh(), nn.Linear(7, 5), nn.Sigmoid(),
+                               nn.Linear(5, 4)), image, labels, nn.CrossEntropyLoss()),
+        ("nested, GELU SiLU LeakyReLU Dropout, summed CE",
+         lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 6), nn.GELU(),
+                               nn.Sequential(nn.Linear(6, 5), nn.SiLU(), nn.Dropout(0.5)), nn.Linear(5, 4),
+                               nn.LeakyReLU(0.1), nn.Identity()), image, labels, nn.CrossEntropyLoss(reduction="sum")),
+        ("CNN: padding, overlapping max-pool, stride, dilation; ignore_index",
+         lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=1),
+                               nn.Conv2d(3, 2, 2, stride=2, dilation=1), nn.Tanh(), nn.Flatten(), nn.Linear(8, 4)),
+         image, ignored, nn.CrossEntropyLoss(ignore_index=3)),
+        ("Conv1d + max-pool, mean CE",
+         lambda: nn.Sequential(nn.Conv1d(5, 3, 3, dilation=2), nn.Sigmoid(), nn.MaxPool1d(2), nn.Flatten(),
+                               nn.Linear(3, 4)), seq, labels, nn.CrossEntropyLoss()),
+        ("Conv3d, mean CE",
+         lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 2 * 5 * 5, 4)),
+         image[:, :, None].expand(10, 1, 3, 6, 6).contiguous(), labels, nn.CrossEntropyLoss()),
+        ("Linear over a sequence axis, mean squared error",
+         lambda: nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)), seq,
+         torch.randn(10, 5, 2, generator=g), nn.MSELoss()),
+        ("summed squared error",
+         lambda: nn.Sequential(nn.Flatten(), nn.Linear(30, 3), nn.Sigmoid(), nn.Linear(3, 2)), seq,
+         torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
+    ]
+
+
+CASES = _cases()
+
+
+@pytest.mark.usefixtures("float64_default")
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_sweeps_equal_the_dense_float64_hessian_and_ggn_with_uneven_batches(case):
+    _, build, x, y, loss = case
+    model = _seeded(build).double().eval()
+    x = x.double()
+    y = y.double() if y.is_floating_point() else y
+    h, ggn, _ = dense_references(model, x, y, loss)
+    for kind, truth in (("hessian", h), ("ggn", ggn)):
+        for batch_size in (None, 4):  # 4 + 4 + 2: batches weighted by their share of the loss
+            op = CurvatureOperator(model, loss, (x, y), kind=kind, mode="sequential", batch_size=batch_size,
+                                   head=None)
+            assert torch.allclose(dense(op), truth, atol=1e-12 * max(1.0, float(truth.abs().max())))
+    # the test is not vacuous: the Hessian's second-order terms are present
+    assert float((h - ggn).abs().max()) > 1e-6
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_a_parameter_subset_is_the_dense_hessians_sub_block_and_chunks_change_nothing():
+    _, build, x, y, loss = CASES[2]
+    model = _seeded(build).double().eval()
+    x = x.double()
+    h, _, _ = dense_references(model, x, y, loss)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    offsets = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+    chosen = ["3.weight", "3.bias", "6.bias"]   # the middle convolution and the head's bias
+    rows = torch.cat([torch.arange(offsets[n], offsets[n] + dict(model.named_parameters())[n].numel())
+                      for n in chosen])
+    op = CurvatureOperator(model, loss, (x, y), kind="hessian", params=chosen, mode="sequential")
+    assert torch.allclose(dense(op), h[rows][:, rows], atol=1e-12)
+    v = torch.randn(op.n, 5)
+    chunked = CurvatureOperator(model, loss, (x, y), kind="hessian", params=chosen, mode="sequential", chunk=2)
+    assert torch.allclose(chunked(v), op(v), atol=1e-13)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_float32_sweeps_agree_with_autograd_on_fresh_inputs(case, kind):
+    _, build, x, y, loss = case
+    for seed, rows in ((0, 10), (1, 7)):
+        model = _seeded(build, seed).eval()
+        data = (x[:rows], y[:rows])
+        autograd = CurvatureOperator(model, loss, data, kind=kind, head=None,
+                                     mode="reverse-over-reverse" if kind == "hessian" else "generic")
+        sweeps = CurvatureOperator(model, loss, data, kind=kind, head=None, mode="sequential")
+        v = torch.randn(sweeps.n, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        a, b = autograd(v), sweeps(v)
+        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_auto_times_the_sweeps_against_autograd_and_refuses_them_if_they_disagree(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
+    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 4, dtype=torch.float64)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian")
+    truth = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="reverse-over-reverse")(v)
+    assert torch.allclose(op(v), truth, atol=1e-5 * float(truth.abs().max()))
+    assert op.mode in ("forward-over-reverse", "reverse-over-reverse", "sequential")
+    assert op.mode_note.startswith("fastest on the first batch")
+
+    # sweeps that are wrong (here: 1% too large) lose the contest whatever their speed
+    honest = sequential.Plan.product
+
+    def wrong(self, *args, **kwargs):
+        return {k: 1.01 * t for k, t in honest(self, *args, **kwargs).items()}
+
+    monkeypatch.setattr(sequential.Plan, "product", wrong)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian")
+    assert torch.allclose(op(v), truth, atol=1e-5 * float(truth.abs().max()))
+    assert op.mode != "sequential" and "sequential: differs from autograd" in op.mode_note
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="ggn", head=None)
+    op(v)
+    assert op.mode == "generic" and "differs" in op.mode_note
+
+
+class Custom(nn.Linear):
+    pass
+
+
+@pytest.mark.parametrize("model, loss, reason", [
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "BatchNorm1d"),
+    (lambda: nn.Sequential(Custom(3, 2)), nn.CrossEntropyLoss(), "Custom"),
+    (lambda: nn.Linear(3, 2), nn.CrossEntropyLoss(), "not an nn.Sequential"),
+    (lambda: nn.Sequential(nn.Linear(3, 2)), nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),
+    (lambda: nn.Sequential(nn.Linear(3, 2)), nn.BCEWithLogitsLoss(), "BCEWithLogitsLoss"),
+    (lambda: nn.Sequential(nn.Linear(3, 2)), nn.MSELoss(reduction="none"), "reduction='none'"),
+    (lambda: (lambda a: nn.Sequential(a, nn.Tanh(), a))(nn.Linear(3, 3)), nn.MSELoss(), "used twice"),
+])
+def test_models_the_sweeps_do_not_cover_are_named_and_left_to_autograd(model, loss, reason):
+    model = model()
+    names = [n for n, _ in model.named_parameters()]
+    why = sequential.plan(model, loss, names)
+    assert isinstance(why, str) and reason in why
+    x = torch.randn(6, 3)
+    y = torch.randint(0, 2, (6,)) if isinstance(loss, nn.CrossEntropyLoss) else torch.randn(6, 2 if "used" not in reason else 3)
+    with pytest.raises(ValueError, match="mode 'sequential' does not cover this model"):
+        CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential")
+    if loss.reduction != "none":  # auto: autograd, as before (an unreduced loss has no Hessian)
+        op = CurvatureOperator(model, loss, (x, y), kind="hessian")
+        op(torch.randn(op.n, 2, dtype=torch.float64))
+        assert op.mode != "sequential"
+
+
+def test_targets_the_sweeps_do_not_cover_fall_back_at_run_time():
+    # class probabilities as targets: the plan exists, the first batch shows it does not apply
+    model = nn.Sequential(nn.Linear(3, 4)).eval()
+    x, y = torch.randn(6, 3), torch.softmax(torch.randn(6, 4), dim=1)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian")
+    out = op(torch.randn(op.n, 2, dtype=torch.float64))
+    assert op.mode != "sequential" and "class-index targets" in op.mode_note
+    assert torch.isfinite(out).all()
+    forced = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="sequential")
+    with pytest.raises(NotImplementedError, match="class-index targets"):
+        forced(torch.randn(op.n, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind, mode", [("hessian", "generic"), ("ggn", "forward-over-reverse"),
+                                        ("empirical-fisher", "sequential")])
+def test_modes_that_do_not_compute_the_kind_are_refused(kind, mode):
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=f"mode '{mode}' is not a way to compute the {kind} product"):
+        CurvatureOperator(model, nn.CrossEntropyLoss(), (torch.randn(4, 3), torch.randint(0, 2, (4,))),
+                          kind=kind, mode=mode)
+
+
+def test_a_float32_operator_keeps_its_lanczos_basis_in_float32_with_the_moments_intact():
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(400, 400, dtype=torch.float64, generator=g))
+    values = torch.cat([torch.tensor([50.0, 20.0, 20.0], dtype=torch.float64),
+                        torch.rand(397, dtype=torch.float64, generator=g)])
+    a = (q * values) @ q.T
+    a32 = a.float()
+    op = linalg.Operator(lambda v: a32 @ v.float(), 400, dtype=torch.float32)
+    z = torch.randn(400, 3, dtype=torch.float64, generator=g)
+    quad = linalg.spectral_quadrature(op, probes=z, steps=40)
+    for j in range(1, 6):  # z^T A^j z from the rule, to float32's accuracy
+        exact = (z * (torch.linalg.matrix_power(a, j) @ z)).sum(dim=0)
+        rule = (quad.weights * quad.nodes ** j).sum(dim=1)
+        assert torch.allclose(rule, exact, rtol=2e-5)
+    # the outliers' spectral weights, (q_i^T z)^2 summed over each eigenspace (float32 rounding
+    # splits the repeated 20 into two eigenvalues 1e-6 apart, which the rule may resolve)
+    for value, columns in ((50.0, [0]), (20.0, [1, 2])):
+        truth = (q[:, columns].T @ z).square().sum(dim=0)
+        near = (quad.nodes - value).abs() < 1e-3
+        assert torch.allclose(torch.where(near, quad.weights, 0.0).sum(dim=1), truth, rtol=1e-4)
