@@ -201,3 +201,22 @@ def test_a_float32_operator_keeps_its_lanczos_basis_in_float32_with_the_moments_
         truth = (q[:, columns].T @ z).square().sum(dim=0)
         near = (quad.nodes - value).abs() < 1e-3
         assert torch.allclose(torch.where(near, quad.weights, 0.0).sum(dim=1), truth, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_in_place_activations_and_bias_only_subsets_are_handled():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(32, 5),
+                          nn.LeakyReLU(0.2, inplace=True), nn.Linear(5, 3)).double().eval()
+    x, y = torch.randn(7, 1, 6, 6), torch.randint(0, 3, (7,))
+    loss = nn.CrossEntropyLoss()
+    h, _, _ = dense_references(model, x, y, loss)
+    assert torch.allclose(dense(CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential")), h,
+                          atol=1e-12)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    starts = dict(zip(names, torch.tensor([0] + list(sizes.values())).cumsum(0).tolist()))
+    for chosen in (["0.bias"], ["3.bias", "5.weight"]):
+        rows = torch.cat([torch.arange(starts[n], starts[n] + sizes[n]) for n in chosen])
+        op = CurvatureOperator(model, loss, (x, y), kind="hessian", params=chosen, mode="sequential")
+        assert torch.allclose(dense(op), h[rows][:, rows], atol=1e-12)

@@ -119,6 +119,7 @@ class CurvatureOperator(linalg.Operator):
         self.chunk = chunk
         first = named[self.names[0]]
         super().__init__(self._matmul, sum(self.sizes), device=first.device, dtype=first.dtype)
+        self.any_layout = True  # _split reads the columns as rows: a transposed block is free
         self.head, self.head_note = heads.find(model, loss, kind, head, backend, self._state(), self._first_batch)
         self.plan = sequential.plan(model, loss, self.names)
         allowed = {"hessian": MODES[:-1], "empirical-fisher": ("auto", "generic")}.get(kind, ("auto", "sequential", "generic"))
@@ -140,7 +141,10 @@ class CurvatureOperator(linalg.Operator):
     def _split(self, v: torch.Tensor) -> dict:
         cols = v.T.to(self.dtype)
         parts = torch.split(cols, self.sizes, dim=1)
-        return {name: part.reshape(-1, *shape) for name, part, shape in zip(self.names, parts, self.shapes)}
+        # contiguous once per pass, not viewed: a strided [b, *shape] block is copied again by
+        # every batch's product that flattens it
+        return {name: part.reshape(-1, *shape).contiguous()
+                for name, part, shape in zip(self.names, parts, self.shapes)}
 
     def _join(self, block) -> torch.Tensor:
         if isinstance(block, torch.Tensor):

@@ -99,26 +99,31 @@ class _Elementwise:
 
     def forward(self, module, h):
         z = h
-        h = module(z)
+        h = module(z.clone() if getattr(module, "inplace", False) else z)  # z is needed below
         self.d1, self.d2 = self.derivatives(z, h)
         return h
 
     def tangent(self, rh, v):
+        if self.d2 is None:  # piecewise linear: R z is not needed again, scale it in place
+            return rh.mul_(self.d1.unsqueeze(1))
         self.rz = rh
         return rh * self.d1.unsqueeze(1)
 
     def backward(self, g, rg, v, second, need_input):
-        gz = g * self.d1
-        rgz = rg * self.d1.unsqueeze(1)
+        # rg is this sweep's own temporary: scaled in place (the [B, b, ...] tangents of a
+        # convolution's first layer are the largest tensors of the sweep)
+        rgz = rg.mul_(self.d1.unsqueeze(1))
         if second and self.d2 is not None:
-            rgz = rgz + self.rz * (self.d2 * g).unsqueeze(1)
-        return gz, rgz, {}
+            rgz.add_(self.rz * (self.d2 * g).unsqueeze(1))
+        return g * self.d1, rgz, {}
 
 
 class _Reshape:
     """Flatten, Identity, Dropout (eval): the samples' shape changes, nothing else."""
 
     def forward(self, module, h):
+        if module.training and type(module) is nn.Dropout:
+            raise _Unsupported("Dropout in training mode (random: not a curvature)")
         out = module(h)
         if out.shape[0] != h.shape[0]:
             raise _Unsupported("a Flatten over the samples' axis")
@@ -144,11 +149,10 @@ class _Linear:
         if rh is not None:  # W R h, all columns in one product over [B * b * ..., in]
             rz = (rh.reshape(-1, w.shape[1]) @ w.T).reshape(*rh.shape[:-1], out)
         if "weight" in v:   # V_j h for every column j: h @ [b * out, in]^T
-            vh = _unrows(h.reshape(-1, w.shape[1]) @ v["weight"].reshape(b * out, -1).T, h, b, out)
-            rz = vh if rz is None else rz + vh
+            rz = _add_product(rz, h.reshape(-1, w.shape[1]), v["weight"].reshape(b * out, -1).T, h, b, out)
         if "bias" in v:
             bias = v["bias"].reshape(1, b, *([1] * (h.ndim - 2)), out)
-            rz = bias.expand(h.shape[0], b, *h.shape[1:-1], out) if rz is None else rz + bias
+            rz = bias.expand(h.shape[0], b, *h.shape[1:-1], out).clone() if rz is None else rz.add_(bias)
         return rz
 
     def backward(self, g, rg, v, second, need_input):
@@ -172,7 +176,7 @@ class _Linear:
         rg_in = (rg.reshape(-1, out) @ w).reshape(*rg.shape[:-1], cin)
         if second and "weight" in v:                   # [R J^T] g = V_j^T g for every column
             vt = v["weight"].transpose(0, 1).reshape(out, b * cin)
-            rg_in = rg_in + _unrows(g.reshape(-1, out) @ vt, h, b, cin)
+            rg_in = _add_product(rg_in, g.reshape(-1, out), vt, h, b, cin)
         return g_in, rg_in, products
 
 
@@ -187,9 +191,9 @@ class _Conv:
         self.out_shape = out.shape[1:]
         return out
 
-    def _apply(self, x, weight):
+    def _apply(self, x, weight, bias=None):
         m = self.module
-        return self.conv(x, weight, None, m.stride, m.padding, m.dilation)
+        return self.conv(x, weight, bias, m.stride, m.padding, m.dilation)
 
     def tangent(self, rh, v):
         w = self.module.weight
@@ -198,13 +202,14 @@ class _Conv:
         if rh is not None:  # W * R h over [B * b, C_in, ...]
             z = self._apply(rh.reshape(-1, *rh.shape[2:]), w)
             rz = z.reshape(rh.shape[0], b, *z.shape[1:])
-        if "weight" in v:   # V_j * h for every j: one convolution with b * C_out outputs
-            z = self._apply(self.h, v["weight"].reshape(b * out, *w.shape[1:]))
+        bias = v["bias"].reshape(b * out) if "bias" in v else None
+        if "weight" in v:   # V_j * h (+ the bias tangent) for every j: one convolution, b * C_out outputs
+            z = self._apply(self.h, v["weight"].reshape(b * out, *w.shape[1:]), bias)
             vh = z.reshape(z.shape[0], b, out, *z.shape[2:])
-            rz = vh if rz is None else rz + vh
-        if "bias" in v:
-            bias = v["bias"].reshape(1, b, out, *([1] * self.dims))
-            rz = bias.expand(self.h.shape[0], b, *self.out_shape) if rz is None else rz + bias
+            rz = vh if rz is None else rz.add_(vh)
+        elif bias is not None:
+            bias = bias.reshape(1, b, out, *([1] * self.dims))
+            rz = bias.expand(self.h.shape[0], b, *self.out_shape).clone() if rz is None else rz.add_(bias)
         return rz
 
     def _weight_grad(self, x, weight_shape, g):
@@ -291,6 +296,17 @@ def _rows(t):
     if t.ndim > 3:
         t = t.movedim(1, -2)
     return t.reshape(-1, t.shape[-2] * t.shape[-1])
+
+
+def _add_product(target, a, m, h, b, c):
+    """target + _unrows(a @ m): accumulated in place by addmm where the layouts agree (no extra
+    temporary: on a CPU, each fresh [B, b, c] block costs its page faults)."""
+    if target is None:
+        return _unrows(a @ m, h, b, c)
+    if h.ndim == 2 and target.is_contiguous():
+        target.view(h.shape[0], b * c).addmm_(a, m)
+        return target
+    return target.add_(_unrows(a @ m, h, b, c))
 
 
 def _unrows(m, h, b, c):

@@ -20,11 +20,12 @@ Decisions.
   of what probe noise is left (``Quadrature.trace``).
 * The probes' recurrences are independent (not block Lanczos), but advance together: each step is
   ONE operator call on the block of all probes' vectors, so p probes of m steps cost m calls.
-* Each new vector, after the three-term recurrence, is projected against U and against its own
-  probe's earlier vectors (twice where the first pass removed most of it), so round-off cannot
-  bring the deflated directions back or create ghost copies of eigenvalues. The p x m Lanczos
-  vectors are stored for this: memory n p m in the operator's precision (float64, or float32
-  for an operator that computes in float32, such as a float32 model's curvature).
+* Each new vector, after the three-term recurrence, is projected against U, and against its own
+  probe's earlier vectors whenever the estimated loss of orthogonality reaches sqrt(eps)
+  (partial reorthogonalisation, ``_Orthogonality``), so round-off cannot bring the deflated
+  directions back or create ghost copies of eigenvalues. The p x m Lanczos vectors are stored
+  for this: memory n p m in the operator's precision (float64, or float32 for an operator that
+  computes in float32, such as a float32 model's curvature).
 * Breakdown: a beta below 1e-10 of the operator's scale means the probe's Krylov space is
   invariant (a low-rank remainder, a remainder that deflation left empty, a tiny complement);
   the rule found so far is then exact for that probe, its recurrence stops, and its remaining
@@ -175,36 +176,35 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
     # each probe's Lanczos vectors as rows, so that projecting against the leading j + 1 of them
     # streams contiguous memory (a batched bmm over a strided view ran 4x slower). Stored in the
     # operator's own precision: a float32 operator's products carry 1e-7 relative error, so a
-    # float64 basis would only double the traffic of this, SLQ's own dominant cost.
-    basis = z.new_zeros(probes, steps, op.n, dtype=getattr(op, "dtype", torch.float64))
+    # float64 basis would only double the traffic of the reorthogonalisation.
+    dtype = getattr(op, "dtype", torch.float64)
+    basis = z.new_zeros(probes, steps, op.n, dtype=dtype)
     alpha = z.new_zeros(probes, steps)
     beta = torch.zeros_like(alpha)
     length = torch.zeros(probes, dtype=torch.int64, device=z.device)
     previous = torch.zeros_like(v)
+    watch = _Orthogonality(probes, steps, torch.finfo(dtype).eps)
     for j in range(steps):
         basis[:, j] = v
         w = op(v.T).T.contiguous()
-        # the three-term recurrence first, in float64; then ONE projection against U and the
-        # probe's own earlier vectors takes out what round-off left (full reorthogonalisation),
-        # and a second only where that one removed most of w (the DGKS test, as in ARPACK): two
-        # passes over the basis per step where CGS2 made four
         if j:
             w -= beta[:, j - 1, None] * previous
         a = (v * w).sum(dim=1)
         w -= a[:, None] * v
         alpha[:, j] = a
-        for _ in range(2):
-            size = w.square().sum(dim=1)
-            w = project_out(w.T, u).T.contiguous()
-            for i in range(probes):
-                q = basis[i, :j + 1]
-                coef = q @ w[i].to(q.dtype)
-                w[i] -= (coef @ q).to(w.dtype)
-                alpha[i, j] += coef[j]
-            if bool((w.square().sum(dim=1) >= 0.5 * size).all()):
-                break
+        w = project_out(project_out(w.T, u), u).T.contiguous()  # twice: U is small
         b = norms(w, dim=1)
         scale = max(scale, float(alpha[:, j].abs().max()), float(b.max()))
+        for i in watch.lost(j, alpha, beta, b, scale, active):  # partial reorthogonalisation
+            q = basis[i, :j + 1]
+            for _ in range(2):  # a second pass only where the first removed most of w (DGKS)
+                size = float(w[i].square().sum())
+                coef = q @ w[i].to(dtype)
+                w[i] -= (coef @ q).to(w.dtype)
+                alpha[i, j] += coef[j]
+                if float(w[i].square().sum()) >= 0.5 * size:
+                    break
+            b[i] = norms(w[i], dim=0)
         length[active] = j + 1
         active = active & (b > _BREAKDOWN * scale)
         if j + 1 == steps or not bool(active.any()):
@@ -213,3 +213,44 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
         previous = v
         v = torch.where(active[:, None], w / b.clamp(min=torch.finfo(torch.float64).tiny)[:, None], 0.0)
     return alpha.cpu(), beta.cpu(), length.cpu(), norms2.cpu()
+
+
+class _Orthogonality:
+    """Partial reorthogonalisation (Simon 1984; Larsen's PROPACK): the inner products
+    omega_k = v_{j+1}^T v_k of the next Lanczos vector with the earlier ones follow a recurrence
+    in the alphas and betas alone, started at round-off (eps) and grown by eps ||A|| / beta_j
+    each step. While every |omega_k| stays below sqrt(eps) the basis is semi-orthogonal, which
+    keeps the tridiagonal T, hence the quadrature, exact to O(eps ||A||) (Simon); the first step
+    past that bound, the new vector is projected against the probe's whole basis, and so is the
+    one after it, both restarting their omegas at eps. Full reorthogonalisation at every step
+    reads the whole basis twice per step, and was SLQ's own largest cost on a million-parameter
+    Hessian; the estimate costs O(steps) scalars per probe."""
+
+    def __init__(self, probes: int, steps: int, eps: float):
+        self.eps, self.bound = eps, math.sqrt(eps)
+        self.now = torch.zeros(probes, steps + 1, dtype=torch.float64)   # omega_{j, k}
+        self.before = torch.zeros_like(self.now)                          # omega_{j-1, k}
+        self.now[:, 0] = 1.0
+        self.again = torch.zeros(probes, dtype=torch.bool)
+
+    def lost(self, j: int, alpha, beta, b, scale: float, active) -> list[int]:
+        """The probes whose next vector must be reorthogonalised; updates the estimates."""
+        a, bt, bj = alpha.cpu(), beta.cpu(), b.cpu().clamp(min=torch.finfo(torch.float64).tiny)
+        nxt = torch.zeros_like(self.now)
+        if j:
+            k = torch.arange(j)
+            up = bt[:, k] * self.now[:, k + 1]
+            down = torch.cat([torch.zeros(a.shape[0], 1, dtype=torch.float64), bt[:, :j - 1] * self.now[:, :j - 1]], 1)
+            nxt[:, :j] = (up + (a[:, :j] - a[:, j:j + 1]) * self.now[:, :j] + down
+                          - bt[:, j - 1:j] * self.before[:, :j]) / bj[:, None]
+        # round-off's contribution, with the sign that grows |omega|
+        noise = self.eps * scale / bj[:, None]
+        nxt[:, :j] += torch.where(nxt[:, :j] >= 0, noise, -noise)
+        nxt[:, j] = self.eps * scale / bj   # v_j against the new vector: the recurrence's round-off
+        nxt[:, j + 1] = 1.0
+        redo = (nxt[:, :j + 1].abs().max(dim=1).values > self.bound) | self.again
+        redo &= active.cpu()
+        nxt[redo, :j + 1] = self.eps
+        self.again = redo & ~self.again   # the vector after a reorthogonalised one is done too
+        self.before, self.now = self.now, nxt
+        return redo.nonzero().flatten().tolist()
