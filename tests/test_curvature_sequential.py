@@ -220,3 +220,28 @@ def test_in_place_activations_and_bias_only_subsets_are_handled():
         rows = torch.cat([torch.arange(starts[n], starts[n] + sizes[n]) for n in chosen])
         op = CurvatureOperator(model, loss, (x, y), kind="hessian", params=chosen, mode="sequential")
         assert torch.allclose(dense(op), h[rows][:, rows], atol=1e-12)
+
+
+@pytest.mark.usefixtures("float64_default")
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5]], ids=["MLP", "CNN", "sequence MSE"])
+def test_blocks_of_rows_and_columns_change_nothing(case, monkeypatch):
+    _, build, x, y, loss = case
+    model = _seeded(build).double().eval()
+    x = x.double()
+    y = y.double() if y.is_floating_point() else y
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 5)
+    whole = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential")(v)
+    # tiny blocks: 1 to 3 rows, 1 or 2 columns per sweep
+    monkeypatch.setattr(sequential, "BLOCK_BYTES", 4 * x[0].numel() * 8)
+    monkeypatch.setattr(sequential, "MIN_ROWS", 3)
+    assert sequential._blocks(5, 10, x[0].numel() * 8)[0] < 5
+    blocked = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential")(v)
+    assert torch.allclose(blocked, whole, atol=1e-13 * float(whole.abs().max()))
+
+
+def test_block_sizes_keep_the_widest_tangent_near_the_budget():
+    mb = 1 << 20
+    assert sequential._blocks(8, 256, 512) == (8, 256)                  # an MLP: whole
+    assert sequential._blocks(8, 128, 64 * 1024) == (4, 32)             # a small CNN's first layer
+    assert sequential._blocks(8, 1024, 4096) == (8, 256)                # fewer rows first
+    assert sequential._blocks(8, 16, 64 * mb) == (1, 16)                # never fewer than MIN_ROWS
