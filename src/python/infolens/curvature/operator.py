@@ -147,9 +147,13 @@ class CurvatureOperator(linalg.Operator):
                 for name, part, shape in zip(self.names, parts, self.shapes)}
 
     def _join(self, block) -> torch.Tensor:
+        """[P, b] float64 from a block held as one tensor or per parameter ({name: [b, *shape]}):
+        joined and widened as [b, P] rows (a contiguous conversion, 3x faster than widening the
+        transposed view) and returned as its transpose."""
         if isinstance(block, torch.Tensor):
-            return block
-        return torch.cat([block[name].reshape(block[name].shape[0], -1) for name in self.names], dim=1).T
+            return block.to(torch.float64)
+        rows = torch.cat([block[name].reshape(block[name].shape[0], -1) for name in self.names], dim=1)
+        return rows.to(torch.float64).T
 
     def _state(self):
         theta = {name: p.detach() for name, p in self.model.named_parameters() if name in self.names}
@@ -181,9 +185,8 @@ class CurvatureOperator(linalg.Operator):
         else:
             ways = {"generic": lambda c: products.ggn(model_fn, lambda out: self.loss(out, y), theta, tangents, c)}
         if not isinstance(self.plan, str):
-            second = self.kind == "hessian"
-            ways["sequential"] = lambda c: _by_chunks(
-                lambda t: self.plan.product(theta, t, x, y, second=second), tangents, c)
+            ways["sequential"] = lambda c: self.plan.product(theta, tangents, x, y, second=self.kind == "hessian",
+                                                             chunk=c)
         return ways
 
     def _choose_mode(self, ways, chunk):
@@ -262,14 +265,18 @@ class CurvatureOperator(linalg.Operator):
         try:
             for x, y in self.batches():
                 x, y = x.to(self.device), y.to(self.device)
-                product = self._batch_product(theta, frozen, x, y, tangents, chunk)
                 weight = 1.0 / self.n_samples if self.kind == "empirical-fisher" else self._weight(y)
-                total = _accumulate(total, product, weight)
+                if self.mode == "sequential" and self.head is None and self.kind != "empirical-fisher":
+                    # the sweeps add each batch's share into the running sum themselves
+                    total = self.plan.product(theta, tangents, x, y, second=self.kind == "hessian", chunk=chunk,
+                                              scale=weight, into=total)
+                else:
+                    total = _accumulate(total, self._batch_product(theta, frozen, x, y, tangents, chunk), weight)
         finally:
             self.model.train(was_training)
         # summed in the products' own dtype, per parameter, and joined and widened once: per-batch
         # float64 copies of the [P, b] block took a third of an MLP's product time
-        return self._join(total).to(torch.float64)
+        return self._join(total)
 
 
     def _weight(self, y) -> float:
@@ -301,15 +308,6 @@ def _accumulate(total, product, weight: float):
     for k, p in product.items():
         total[k].add_(p, alpha=weight)
     return total
-
-
-def _by_chunks(fn, tangents: dict, chunk):
-    """fn over the columns of the tangents, ``chunk`` at a time (None: all at once), joined."""
-    b = next(iter(tangents.values())).shape[0]
-    if chunk is None or chunk >= b:
-        return fn(tangents)
-    parts = [fn({k: t[i:i + chunk] for k, t in tangents.items()}) for i in range(0, b, chunk)]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _disagreement(a: dict, b: dict) -> float:

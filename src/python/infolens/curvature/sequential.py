@@ -109,13 +109,13 @@ class _Elementwise:
         self.rz = rh
         return rh * self.d1.unsqueeze(1)
 
-    def backward(self, g, rg, v, second, need_input):
+    def backward(self, g, rg, v, second, need_input, acc):
         # rg is this sweep's own temporary: scaled in place (the [B, b, ...] tangents of a
         # convolution's first layer are the largest tensors of the sweep)
         rgz = rg.mul_(self.d1.unsqueeze(1))
         if second and self.d2 is not None:
             rgz.add_(self.rz * (self.d2 * g).unsqueeze(1))
-        return g * self.d1, rgz, {}
+        return g * self.d1, rgz
 
 
 class _Reshape:
@@ -133,8 +133,8 @@ class _Reshape:
     def tangent(self, rh, v):
         return rh.reshape(*rh.shape[:2], *self.out_shape)
 
-    def backward(self, g, rg, v, second, need_input):
-        return g.reshape(g.shape[0], *self.in_shape), rg.reshape(*rg.shape[:2], *self.in_shape), {}
+    def backward(self, g, rg, v, second, need_input, acc):
+        return g.reshape(g.shape[0], *self.in_shape), rg.reshape(*rg.shape[:2], *self.in_shape)
 
 
 class _Linear:
@@ -155,29 +155,32 @@ class _Linear:
             rz = bias.expand(h.shape[0], b, *h.shape[1:-1], out).clone() if rz is None else rz.add_(bias)
         return rz
 
-    def backward(self, g, rg, v, second, need_input):
+    def backward(self, g, rg, v, second, need_input, acc):
         w, h = self.module.weight, self.h
         out, cin = w.shape
         b = rg.shape[1]
-        products = {}
         rg_rows = _rows(rg)                            # [rows, b * out]
         if "weight" in v:
-            # K^T R g: the sum over samples of R g_j h^T, all j as one [b * out, in] product
-            hw = (rg_rows.T @ h.reshape(-1, cin)).reshape(b, out, cin)
+            # K^T R g: the sum over samples of R g_j h^T, all j as one [b * out, in] product,
+            # accumulated in place (a fresh weight-sized result costs its page faults per batch)
+            hw = acc["weight"]
+            if hw.is_contiguous():
+                hw.view(b * out, cin).addmm_(rg_rows.T, h.reshape(-1, cin))
+            else:
+                hw.add_((rg_rows.T @ h.reshape(-1, cin)).reshape(b, out, cin))
             if second and self.rh is not None:         # [R K^T] g = g (R h_j)^T
                 extra = g.reshape(-1, out).T @ _rows(self.rh)
-                hw = hw + extra.reshape(out, b, cin).transpose(0, 1)
-            products["weight"] = hw
+                hw.add_(extra.reshape(out, b, cin).transpose(0, 1))
         if "bias" in v:
-            products["bias"] = rg_rows.sum(dim=0).reshape(b, out)
+            acc["bias"].add_(rg_rows.sum(dim=0).reshape(b, out))
         if not need_input:
-            return None, None, products
+            return None, None
         g_in = g @ w
         rg_in = (rg.reshape(-1, out) @ w).reshape(*rg.shape[:-1], cin)
         if second and "weight" in v:                   # [R J^T] g = V_j^T g for every column
             vt = v["weight"].transpose(0, 1).reshape(out, b * cin)
             rg_in = _add_product(rg_in, g.reshape(-1, out), vt, h, b, cin)
-        return g_in, rg_in, products
+        return g_in, rg_in
 
 
 class _Conv:
@@ -222,25 +225,23 @@ class _Conv:
         fn = (conv_grad.conv1d_input, conv_grad.conv2d_input, conv_grad.conv3d_input)[self.dims - 1]
         return fn(shape, weight, g, m.stride, m.padding, m.dilation)
 
-    def backward(self, g, rg, v, second, need_input):
+    def backward(self, g, rg, v, second, need_input, acc):
         w = self.module.weight
         h = self.h
         big, b, out, cin = h.shape[0], rg.shape[1], w.shape[0], w.shape[1]
         spatial = w.shape[2:]
-        products = {}
         if "weight" in v:
             # K^T R g: the weight gradient of h against b * C_out output channels at once
             hw = self._weight_grad(h, (b * out, cin, *spatial), rg.reshape(big, b * out, *rg.shape[3:]))
-            hw = hw.reshape(b, *w.shape)
+            acc["weight"].add_(hw.reshape(b, *w.shape))
             if second and self.rh is not None:  # [R K^T] g: R h_j's channels against g
                 rh = self.rh.reshape(big, b * cin, *self.rh.shape[3:])
                 extra = self._weight_grad(rh, (out, b * cin, *spatial), g)
-                hw = hw + extra.reshape(out, b, cin, *spatial).transpose(0, 1)
-            products["weight"] = hw
+                acc["weight"].add_(extra.reshape(out, b, cin, *spatial).transpose(0, 1))
         if "bias" in v:
-            products["bias"] = rg.sum(dim=(0, *range(3, rg.ndim)))
+            acc["bias"].add_(rg.sum(dim=(0, *range(3, rg.ndim))))
         if not need_input:
-            return None, None, products
+            return None, None
         g_in = self._input_grad(h.shape, w, g)
         rg_in = self._input_grad((big * b, *h.shape[1:]), w, rg.reshape(big * b, *rg.shape[2:]))
         rg_in = rg_in.reshape(big, b, *h.shape[1:])
@@ -248,7 +249,7 @@ class _Conv:
             vt = v["weight"].transpose(0, 1).reshape(out, b * cin, *spatial)
             extra = self._input_grad((big, b * cin, *h.shape[2:]), vt, g)
             rg_in = rg_in + extra.reshape(big, b, *h.shape[1:])
-        return g_in, rg_in, products
+        return g_in, rg_in
 
 
 class _MaxPool:
@@ -272,14 +273,14 @@ class _MaxPool:
         flat = rh.reshape(*rh.shape[:3], -1)
         return flat.gather(3, self._flat_index(b)).reshape(*rh.shape[:3], *self.index.shape[2:])
 
-    def backward(self, g, rg, v, second, need_input):
+    def backward(self, g, rg, v, second, need_input, acc):
         big, channels = self.in_shape[:2]
         b = rg.shape[1]
         g_in = g.new_zeros(big, 1, channels, math.prod(self.in_shape[2:]))
         g_in.scatter_add_(3, self._flat_index(1), g.reshape(big, 1, channels, -1))
         rg_in = rg.new_zeros(big, b, channels, g_in.shape[-1])
         rg_in.scatter_add_(3, self._flat_index(b), rg.reshape(big, b, channels, -1))
-        return g_in.reshape(self.in_shape), rg_in.reshape(big, b, *self.in_shape[1:]), {}
+        return g_in.reshape(self.in_shape), rg_in.reshape(big, b, *self.in_shape[1:])
 
 
 class _Unsupported(NotImplementedError):
@@ -398,31 +399,33 @@ class Plan:
         self.modules, self.prefixes, self.loss = modules, prefixes, loss
         self.names = set(names)
 
-    def product(self, theta, tangents, x, y, *, second: bool = True):
+    def product(self, theta, tangents, x, y, *, second: bool = True, chunk: int | None = None,
+                scale: float = 1.0, into: dict | None = None) -> dict:
         """{name: [b, *shape]}: the Hessian (``second``) or Gauss-Newton matrix of the batch's loss
         times the b columns of ``tangents``, at the module's current parameters ``theta`` (the
-        operator passes them detached; they must be the module's own).
+        operator passes them detached; they must be the module's own), times ``scale`` and
+        added into ``into`` where given (a pass's running sum over its batches).
 
-        The sweeps run over blocks of columns and rows whose largest tangent stays near
-        ``BLOCK_BYTES`` (at least ``MIN_ROWS`` rows): the products are sums over samples and
-        separate over columns, so blocking changes nothing but memory and speed. On a CPU a
-        small CNN's 8-column product ran 1.8x faster in blocks of 4 columns x 32 rows than
-        whole (128 rows), where each [B, b, ...] tangent of its first layer was 64 MB; an MLP's
-        tangents are small and run whole."""
+        The sweeps run over blocks of columns (at most ``chunk``) and rows whose largest tangent
+        stays near ``BLOCK_BYTES`` (at least ``MIN_ROWS`` rows): the products are sums over
+        samples and separate over columns, so blocking changes nothing but memory and speed. On
+        a CPU a small CNN's 8-column product ran 1.8x faster in blocks of 4 columns x 32 rows
+        than whole (128 rows), where each [B, b, ...] tangent of its first layer was 64 MB; an
+        MLP's tangents are small and run whole."""
         b = next(iter(tangents.values())).shape[0]
         widest, outputs = self._sizes(x)
         cols, rows = _blocks(b, x.shape[0], widest * x.element_size())
+        cols = cols if chunk is None else max(1, min(cols, int(chunk)))
+        out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
         with torch.no_grad():
-            terms = self.loss.terms(y, outputs)
-            parts = []
+            # the loss's divisor over the scale: every product is linear in the loss
+            terms = self.loss.terms(y, outputs) / scale
             for c in range(0, b, cols):
                 part = {k: t[c:c + cols] for k, t in tangents.items()}
-                total = None
+                acc = {k: t[c:c + cols] for k, t in out.items()}
                 for r in range(0, x.shape[0], rows):
-                    block = self._sweep(part, x[r:r + rows], y[r:r + rows], terms, second)
-                    total = block if total is None else {k: total[k].add_(block[k]) for k in total}
-                parts.append(total)
-        return parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                    self._sweep(part, x[r:r + rows], y[r:r + rows], terms, second, acc)
+        return out
 
     def _sizes(self, x) -> tuple[int, int]:
         """(the largest layer output, the model's output), in elements per sample, from one
@@ -437,7 +440,8 @@ class Plan:
             self._sized = (key, (widest, h[0].numel()))
         return self._sized[1]
 
-    def _sweep(self, tangents, x, y, terms, second):
+    def _sweep(self, tangents, x, y, terms, second, acc):
+        """One block's four sweeps, its products added into ``acc``."""
         layers = []
         h = x
         for module in self.modules:
@@ -450,22 +454,14 @@ class Plan:
             v = self._tangents(module, prefix, tangents)
             layer.rh = rh
             rh = layer.tangent(rh, v) if (rh is not None or v) else None
-        b = next(iter(tangents.values())).shape[0]
         if rh is None:  # no selected parameter moves the output: the product is zero
-            return {name: torch.zeros_like(t) for name, t in tangents.items()}
+            return
         rg = self.loss.product(rh)
-        out = {}
         first = self._first_moving(tangents)
         for i in range(len(layers) - 1, first - 1, -1):
             module, prefix, layer = self.modules[i], self.prefixes[i], layers[i]
             v = self._tangents(module, prefix, tangents)
-            g, rg, products = layer.backward(g, rg, v, second, need_input=i > first)
-            for key, value in products.items():
-                out[prefix + key] = value
-        for name in tangents:
-            if name not in out:
-                out[name] = torch.zeros(b, *tangents[name].shape[1:], dtype=rh.dtype, device=rh.device)
-        return out
+            g, rg = layer.backward(g, rg, v, second, i > first, self._tangents(module, prefix, acc))
 
     def _tangents(self, module, prefix, tangents) -> dict:
         return {key: tangents[prefix + key] for key, _ in module.named_parameters(recurse=False)
