@@ -47,9 +47,10 @@ start and end, since other processes can share it; ``--threads 1`` keeps the tim
 when they do (with two OpenMP threads on two shared cores, a descheduled thread stalls every
 parallel region: one double-backward pass measured 0.02 s alone and 2.8 s under load, against
 0.031 s either way with one thread). Infolens runs with its defaults
-(``mode="auto"``, which picks forward-over-reverse, all columns in one vmap) and once more with
-``mode="reverse-over-reverse", chunk=1`` (one gradient graph per batch, reused for each column),
-the faster choice on CPU for convolutions; the untimed top-5 reference uses the latter.
+(``mode="auto"``, which times every way on the first batch; for these two nn.Sequential models
+it picks the layer-by-layer sweeps, ``mode="sequential"``) and once more with
+``mode="reverse-over-reverse", chunk=1`` (autograd: one gradient graph per batch, reused for each
+column); the untimed top-5 reference uses the latter.
 """
 
 from __future__ import annotations
