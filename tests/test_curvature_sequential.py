@@ -2,6 +2,8 @@
 float64 Hessians and Gauss-Newton matrices, against autograd in float32, and the operator's
 choice between them."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -36,6 +38,9 @@ def _cases():
          lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=1),
                                nn.Conv2d(3, 2, 2, stride=2, dilation=1), nn.Tanh(), nn.Flatten(), nn.Linear(8, 4)),
          image, ignored, nn.CrossEntropyLoss(ignore_index=3)),
+        ("class weights and ignore_index, mean CE",
+         lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 5), nn.Tanh(), nn.Linear(5, 4)), image, ignored,
+         nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0, 3.0]), ignore_index=3)),
         ("Conv1d + max-pool, mean CE",
          lambda: nn.Sequential(nn.Conv1d(5, 3, 3, dilation=2), nn.Sigmoid(), nn.MaxPool1d(2), nn.Flatten(),
                                nn.Linear(3, 4)), seq, labels, nn.CrossEntropyLoss()),
@@ -58,7 +63,7 @@ CASES = _cases()
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_sweeps_equal_the_dense_float64_hessian_and_ggn_with_uneven_batches(case):
     _, build, x, y, loss = case
-    model = _seeded(build).double().eval()
+    model, loss = _seeded(build).double().eval(), copy.deepcopy(loss).double()  # class weights too
     x = x.double()
     y = y.double() if y.is_floating_point() else y
     h, ggn, _ = dense_references(model, x, y, loss)
@@ -223,7 +228,7 @@ def test_in_place_activations_and_bias_only_subsets_are_handled():
 
 
 @pytest.mark.usefixtures("float64_default")
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5]], ids=["MLP", "CNN", "sequence MSE"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=["MLP", "CNN", "sequence MSE"])
 def test_blocks_of_rows_and_columns_change_nothing(case, monkeypatch):
     _, build, x, y, loss = case
     model = _seeded(build).double().eval()

@@ -22,8 +22,8 @@ than autograd's fastest, a loop over the columns.
 Which models: exactly these module types in a (nested) ``nn.Sequential``: Linear, Conv1d/2d/3d
 (zero padding, no groups), Flatten, MaxPool1d/2d/3d, Identity, Dropout (the operator runs in eval
 mode, where it is the identity), and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact),
-SiLU; under ``nn.CrossEntropyLoss`` (class-index targets, no class weights or label smoothing,
-mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered,
+SiLU; under ``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no
+label smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered,
 and the operator then uses autograd. Subclasses are refused: their forward may differ.
 """
 
@@ -327,8 +327,9 @@ _LAYERS = {nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.Conv3d: _C
 class _Loss:
     """The loss's gradient g and the product R g = H_L R z at the model's output z [B, ...]."""
 
-    def __init__(self, kind: str, reduction: str, ignore_index: int = -100):
+    def __init__(self, kind: str, reduction: str, ignore_index: int = -100, classes=None):
         self.kind, self.reduction, self.ignore_index = kind, reduction, ignore_index
+        self.classes = classes  # cross-entropy's class weights, or None
 
     def terms(self, y, outputs: int):
         """What the batch's mean divides by (1 for a sum): its targets not ignored, or for squared
@@ -340,7 +341,10 @@ class _Loss:
             return y.shape[0] * outputs
         if y.is_floating_point():
             raise _Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
-        return max(int((y != self.ignore_index).sum()), 1)  # all ignored: PyTorch's mean is NaN
+        keep = y != self.ignore_index
+        if self.classes is not None:  # a weighted mean: over the kept targets' class weights
+            return float(self.classes.to(y.device)[y[keep]].sum()) or 1.0
+        return max(int(keep.sum()), 1)  # all ignored: PyTorch's mean is NaN
 
     def gradient(self, z, y, terms):
         if self.kind == "mse":
@@ -352,7 +356,10 @@ class _Loss:
             raise _Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
         self.p = torch.softmax(z, dim=1)
         keep = y != self.ignore_index
-        self.weight = (keep.to(z.dtype) / terms)[:, None]
+        share = keep.to(z.dtype)
+        if self.classes is not None:
+            share = share * self.classes.to(z.device, z.dtype)[torch.where(keep, y, 0)]
+        self.weight = (share / terms)[:, None]
         onehot = F.one_hot(torch.where(keep, y, 0).long(), z.shape[1]).to(z.dtype)
         return self.weight * (self.p - onehot)
 
@@ -367,11 +374,11 @@ class _Loss:
 def _loss_of(loss) -> _Loss | str:
     kind = type(loss)
     if kind is nn.CrossEntropyLoss:
-        if loss.weight is not None or loss.label_smoothing != 0:
-            return "CrossEntropyLoss with class weights or label smoothing"
+        if loss.label_smoothing != 0:
+            return "CrossEntropyLoss with label smoothing"
         if loss.reduction not in ("mean", "sum"):
             return f"CrossEntropyLoss with reduction={loss.reduction!r}"
-        return _Loss("ce", loss.reduction, loss.ignore_index)
+        return _Loss("ce", loss.reduction, loss.ignore_index, loss.weight)
     if kind is nn.MSELoss:
         if loss.reduction not in ("mean", "sum"):
             return f"MSELoss with reduction={loss.reduction!r}"
