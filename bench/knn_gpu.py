@@ -1,7 +1,7 @@
 """The CUDA kNN engine on the GPU: the three targets of the CUDA kNN issue, each against the torch
 reference path on the same GPU, with the roofline arithmetic beside each figure.
 
-    python bench/knn_gpu.py [--quick] [--n 1000000] [--ref-n 100000] [--only ksg,max,euclidean]
+    python bench/knn_gpu.py [--quick] [--n 1000000] [--ref-n 100000] [--only ksg,max,euclidean,grid]
 
 * ksg: ``infolens.mutual_info(x, y, k=4)`` (KSG-1: max-norm kNN in the joint space + two strict
   marginal counts) on CUDA tensors end to end, x and y 4-D each (joint d = 8), float32, N = 1e6.
@@ -12,6 +12,9 @@ reference path on the same GPU, with the roofline arithmetic beside each figure.
   the GEMM-then-select design (FAISS's on the GPU, here in torch: chunked |q|^2 + |x|^2 - 2 q x^T
   with TF32 off, then topk) and the reference path. Target: >= 2x the GEMM path. The GEMM path's
   keys are approximate (cancellation in |q|^2 + |x|^2 - 2 q.x), infolens's are exact.
+* grid: the grid path (algorithm="grid") against brute force at N = --n: max-norm kNN d = 8
+  (k = 8), the KSG d = 4 marginal strict counts, and the KSG-1 core (joint d = 8 split 4 + 4),
+  with equal answers checked and the fraction of the N^2 pairs the grid examines.
 
 The reference path is brute force in torch, O(N^2) work in many kernel launches: above --ref-n
 (default 1e5) it would run for many minutes, so it and infolens are both timed at N = --ref-n and
@@ -196,13 +199,96 @@ def knn_case(report: Report, roof: Roofline, n: int, ref_n: int, metric: str):
     report.add(case="kNN Euclidean, d=64, float32, k=4", N=n, **row)
 
 
+def _grid_calls(points: torch.Tensor, p: float):
+    """(knn(k), count(radius, strict)) callables of the CUDA index over `points` for "brute" and
+    "grid", plus a pairs counter for the grid: {algorithm: (knn, count)}, pairs tensor."""
+    calls = {}
+    for algorithm in ("brute", "grid"):
+        index = _backend.make_index(points, p, "auto", algorithm)
+        calls[algorithm] = (index.knn, index.count)
+    return calls
+
+
+def _grid_pairs(points: torch.Tensor, p: float, k: int | None = None, radius=None, strict=True) -> float:
+    """The fraction of the N^2 (query, point) pairs the grid path examines (its kernels' own count)."""
+    cuda = _backend._native_cuda
+    pts, ld = _backend._rows(points)
+    n, d = pts.shape
+    pairs = torch.zeros(1, dtype=torch.int64, device=pts.device)
+    dtype = _backend.CUDA_DTYPES[pts.dtype]
+    launch = _backend.cuda_launch(pts.device)
+    if k is not None:
+        keys = torch.empty(n, k, dtype=pts.dtype, device=pts.device)
+        idx = torch.empty(n, k, dtype=torch.int64, device=pts.device)
+        cuda.knn_grid(pts.data_ptr(), n, d, ld, 0, n, d, dtype, p, k, keys.data_ptr(), idx.data_ptr(),
+                      *launch, pairs=pairs.data_ptr())
+    else:
+        out = torch.empty(n, dtype=torch.int64, device=pts.device)
+        cuda.knn_count_grid(pts.data_ptr(), n, d, ld, 0, n, d, dtype, p, radius.data_ptr(), strict,
+                            out.data_ptr(), *launch, pairs=pairs.data_ptr())
+    torch.cuda.synchronize()
+    return float(pairs.item()) / (float(n) * float(n))
+
+
+def grid_case(report: Report, n: int):
+    """The grid path against brute force at N = n: max-norm kNN d = 8 (k = 8), the KSG d = 4
+    marginal strict counts, and the KSG-1 core (joint kNN of k + 1 = 5 in d = 8 split 4 + 4, two
+    strict marginal counts, the digamma sum); equal answers asserted, the pairs the grid examines
+    given as a fraction of N^2 (the most the grid can gain on brute force)."""
+    if not hasattr(_backend._native_cuda, "knn_grid"):
+        print("grid: this build has no knn_grid; skipped")
+        return
+    x, y = correlated(n, 4, seed=3)
+    joint = torch.cat([x, y], 1)
+    # kNN, max-norm, d = 8, k = 8.
+    calls = _grid_calls(joint, math.inf)
+    calls["grid"][0](8)  # warm-up (and the first-call costs of cub's temporaries)
+    t_b, (kb, ib) = gpu_time(lambda: calls["brute"][0](8))
+    t_g, (kg, ig) = gpu_time(lambda: calls["grid"][0](8))
+    same = torch.equal(kb, kg) and torch.equal(ib, ig)
+    frac = _grid_pairs(joint, math.inf, k=8)
+    report.add(case="grid vs brute: kNN max-norm, d=8, k=8, float32", N=n,
+               **{"brute s": f"{t_b:.3f}", "grid s": f"{t_g:.3f}", "speed-up": f"{t_b / t_g:.1f}x",
+                  "grid pairs / N^2": f"{frac:.4f}", "equal": "yes" if same else "NO"})
+    # KSG-1 marginal counts at the joint k = 4 radii (the (k+1)-search's k-th key).
+    k = 4
+    keys5, _ = calls["brute"][0](k + 1)
+    eps = keys5[:, k - 1].contiguous()
+    for name, part in (("x", joint[:, :4]), ("y", joint[:, 4:])):
+        c = _grid_calls(part, math.inf)
+        c["grid"][1](eps, True)  # warm-up
+        t_b, nb = gpu_time(lambda: c["brute"][1](eps, True))
+        t_g, ng = gpu_time(lambda: c["grid"][1](eps, True))
+        frac = _grid_pairs(part, math.inf, radius=eps, strict=True)
+        report.add(case=f"grid vs brute: KSG strict count, marginal {name} d=4 (column block), float32", N=n,
+                   **{"brute s": f"{t_b:.3f}", "grid s": f"{t_g:.3f}", "speed-up": f"{t_b / t_g:.1f}x",
+                      "grid pairs / N^2": f"{frac:.4f}", "equal": "yes" if torch.equal(nb, ng) else "NO"})
+
+    # The KSG-1 core end to end.
+    def ksg1(algorithm):
+        kk, _ = _backend.make_index(joint, math.inf, "auto", algorithm).knn(k + 1)
+        e = kk[:, k - 1].contiguous()
+        n_x = _backend.make_index(joint[:, :4], math.inf, "auto", algorithm).count(e, True)
+        n_y = _backend.make_index(joint[:, 4:], math.inf, "auto", algorithm).count(e, True)
+        dg = lambda t: torch.special.digamma(torch.as_tensor(t, dtype=torch.float64))  # noqa: E731
+        return (dg(k) + dg(n) - dg(n_x + 1) - dg(n_y + 1)).mean()
+
+    ksg1("grid")
+    t_b, vb = gpu_time(lambda: ksg1("brute"))
+    t_g, vg = gpu_time(lambda: ksg1("grid"))
+    report.add(case="grid vs brute: KSG-1 core (joint kNN k+1=5 d=8 + two d=4 counts), float32", N=n,
+               **{"brute s": f"{t_b:.3f}", "grid s": f"{t_g:.3f}", "speed-up": f"{t_b / t_g:.1f}x",
+                  "target": "< 1 s", "met": "yes" if t_g < 1.0 else "NO",
+                  "equal": "yes" if float(vb) == float(vg) else "NO", "value": f"{float(vg):.5f} nats"})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1e5 everywhere, reference at 2e4: a smoke run")
     parser.add_argument("--n", type=int, default=None, help="N for every case (default 1e6, 1e5 with --quick)")
     parser.add_argument("--ref-n", type=int, default=None,
                         help="largest N the reference path is timed at (default 1e5, 2e4 with --quick)")
-    parser.add_argument("--only", default="ksg,max,euclidean")
+    parser.add_argument("--only", default="ksg,max,euclidean,grid")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("knn_gpu.py needs a CUDA device")
@@ -226,6 +312,8 @@ def main():
         knn_case(report, roof, n, ref_n, "max")
     if "euclidean" in parts:
         knn_case(report, roof, n, ref_n, "euclidean")
+    if "grid" in parts:
+        grid_case(report, n)
     report.finish()
 
 

@@ -208,8 +208,11 @@ def test_algorithm_on_cuda():
     x = torch.randn(50, 2, device="cuda")
     for algorithm in ("auto", "brute"):
         assert _backend.make_index(x, math.inf, "auto", algorithm).algorithm == "brute"
+    assert _backend.make_index(x, math.inf, "auto", "grid").algorithm == "grid"
     with pytest.raises(ValueError, match="algorithm"):
         il.nearest_neighbours(x, 3, algorithm="kdtree")
+    with pytest.raises(ValueError, match="algorithm"):
+        _backend.make_index(x, math.inf, "auto", "gird")
     assert isinstance(_backend.make_index(x, 2.0, "auto"), _backend.CudaIndex)
     assert isinstance(_backend.make_index(x, 2.0, "reference"), _backend.ReferenceIndex)
 
@@ -370,3 +373,126 @@ def test_no_device_is_said():
     with pytest.raises(ValueError, match="no CUDA device"):
         cuda.knn_count(**count_args())
     assert not _backend.cuda_native("knn")
+
+
+# ---- the grid path (src/cuda/knn/grid.cu): brute force's answers exactly -----------------------
+
+def gpu_only(test):
+    """Runs on a CUDA device; compares two CUDA paths (no CPU engine needed)."""
+    return pytest.mark.gpu(requires_gpu(test))
+
+
+GRID_KS = (1, 3, 8, 16)
+
+
+def check_grid_pair(x, p, queries=None, ks=GRID_KS):
+    """algorithm="grid" against "brute" on the same CUDA tensors: keys and indices equal for every
+    k, counts equal (strict and not) at the k-th keys, at 0 and at inf."""
+    brute = _backend.CudaIndex(x, p, "brute")
+    grid = _backend.CudaIndex(x, p, "grid")
+    assert grid.algorithm == "grid" and brute.algorithm == "brute"
+    m = x.shape[0] if queries is None else queries.shape[0]
+    most = x.shape[0] - (1 if queries is None else 0)
+    radii = {"zero": torch.zeros(m, dtype=x.dtype, device=x.device),
+             "inf": torch.full((m,), math.inf, dtype=x.dtype, device=x.device)}
+    for k in sorted({min(k, most) for k in ks if most >= 1}):
+        bk, bi = brute.knn(k, queries)
+        gk, gi = grid.knn(k, queries)
+        assert torch.equal(gk, bk), f"grid keys differ: k={k}"
+        assert torch.equal(gi, bi), f"grid indices differ: k={k}"
+        radii[f"key{k}"] = bk[:, k - 1].contiguous()
+    for name, radius in radii.items():
+        for strict in (True, False):
+            assert torch.equal(grid.count(radius, strict, queries), brute.count(radius, strict, queries)), \
+                f"grid counts differ: radius={name}, strict={strict}"
+
+
+@gpu_only
+@pytest.mark.parametrize("kind", ["gaussian", "ties", "duplicates"])
+@pytest.mark.parametrize("d", range(1, 9))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+def test_grid_self_join_equals_brute(p, dtype, d, kind):
+    check_grid_pair(sample(kind, 5000, d, dtype, seed=31 * d + len(kind)).cuda(), p)
+
+
+@gpu_only
+@pytest.mark.parametrize("n", [1, 2, 3, 129])
+@pytest.mark.parametrize("d", [1, 2, 3, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+def test_grid_small_n_equals_brute(p, dtype, n, d):
+    x = sample("ties", n, d, dtype, seed=n + 10 * d).cuda()
+    check_grid_pair(x, p)
+    q = sample("ties", 40, d, dtype, seed=n + 10 * d + 1).cuda()
+    check_grid_pair(x, p, q)
+
+
+@gpu_only
+@pytest.mark.parametrize("m", [1, 33, 3000])
+@pytest.mark.parametrize("d", [2, 4, 8])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+def test_grid_queries_equal_brute(p, dtype, d, m):
+    """Separate queries, some of them copies of points (key 0, nothing excluded), some far away."""
+    x = sample("gaussian", 5000, d, dtype, seed=d).cuda()
+    q = sample("ties", m, d, dtype, seed=d + 1).cuda() * 2 - 3
+    q[::3] = x[torch.arange(0, m, 3, device=x.device) % x.shape[0]]
+    check_grid_pair(x, p, q)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+def test_grid_large_n_equals_brute(p, dtype):
+    """N = 2e5: many cells, dense and sparse, integer-valued coordinates (ties) in d = 4 and a
+    Gaussian d = 8 sample."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    ties = torch.randint(0, 60, (200000, 4), generator=g, device="cuda").to(dtype)
+    check_grid_pair(ties, p, ks=(8, 16))
+    gauss = torch.randn(200000, 8, generator=g, device="cuda", dtype=dtype)
+    check_grid_pair(gauss, p, ks=(8,))
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+@pytest.mark.parametrize("start, stop, width", [(0, 4, 8), (4, 8, 8), (2, 5, 9)])
+def test_grid_column_blocks(start, stop, width, p, dtype):
+    """A marginal is a column block of the joint sample (ld > dim), read in place."""
+    wide = sample("duplicates", 3000, width, dtype, seed=width + start).cuda()
+    block = wide[:, start:stop]
+    assert _backend._rows(block)[1] == width
+    check_grid_pair(block, p)
+
+
+@gpu_only
+@pytest.mark.parametrize("p", P)
+@pytest.mark.parametrize("n, d", [(2, 1), (65, 3), (700, 8)])
+def test_grid_all_points_equal(p, n, d):
+    check_grid_pair(sample("equal", n, d, torch.float64, seed=0).cuda(), p)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("p", P)
+def test_grid_non_finite_coordinates(p, dtype):
+    """NaN and +-inf coordinates in points and queries (the outlier bucket): brute force's answers."""
+    x = sample("gaussian", 3000, 3, dtype, seed=4)
+    x[::97, 0] = math.nan
+    x[5::101, 1] = math.inf
+    x[7::103, 2] = -math.inf
+    q = sample("gaussian", 200, 3, dtype, seed=5)
+    q[::7, 1] = math.nan
+    q[3::11, 0] = math.inf
+    check_grid_pair(x.cuda(), p)
+    check_grid_pair(x.cuda(), p, q.cuda())
+
+
+@gpu_only
+def test_grid_falls_back_beyond_its_limits():
+    """dim > 8 and k > 32 are answered by brute force through the same call."""
+    x = torch.randn(2000, 12, device="cuda")
+    check_grid_pair(x, math.inf, ks=(4,))
+    y = torch.randn(2000, 3, device="cuda")
+    check_grid_pair(y, 2.0, ks=(40,))

@@ -209,6 +209,8 @@ PYBIND11_MODULE(_native_cuda, m) {
 
 
   m.attr("knn_max_k") = knn::kMaxK;
+  m.attr("knn_grid_max_k") = knn::kGridMaxK;
+  m.attr("knn_grid_max_dim") = knn::kGridMaxDim;
   m.def(
       "knn",
       [](std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries, int64_t m,
@@ -250,6 +252,54 @@ PYBIND11_MODULE(_native_cuda, m) {
       py::arg("stream"), py::arg("device"),
       "out[i] = #{j : key(q_i, x_j) < radius[i]} (strict) or <= (not strict), int64 [m]; radius [m] of "
       "dtype; points and queries as in knn (self-join excludes j == i); enqueued on `stream`");
+
+  // The grid path (knn/grid.cu): the same answers as knn / knn_count from fewer pairs in low
+  // dimension, brute force where the grid cannot help. pairs: optional device pointer to one
+  // uint64 to which the (query, point) pairs examined are added (0: not counted).
+  m.def(
+      "knn_grid",
+      [](std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries, int64_t m,
+         int64_t ldq, const std::string& dtype, double p, int k, std::uintptr_t out_keys,
+         std::uintptr_t out_idx, std::uintptr_t stream, int device, std::uintptr_t pairs) {
+        const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
+        const int64_t most = queries == 0 ? n - 1 : n;
+        if (k < 1 || k > knn::kMaxK || k > most)
+          throw std::invalid_argument("k: must be in [1, " + std::to_string(std::min<int64_t>(most, knn::kMaxK)) +
+                                      "], got " + std::to_string(k));
+        check_pointer(out_keys, a.dtype == Dtype::float32 ? 4 : 8, "out_keys");
+        check_pointer(out_idx, 8, "out_idx");
+        if (pairs != 0) check_pointer(pairs, 8, "pairs");
+        check_device(device);
+        py::gil_scoped_release release;
+        knn::knn_grid(a.points, a.queries, a.dtype, p, k, reinterpret_cast<void*>(out_keys),
+                      reinterpret_cast<int64_t*>(out_idx), as_stream(stream), device,
+                      reinterpret_cast<unsigned long long*>(pairs));
+      },
+      py::arg("points"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("queries"), py::arg("m"),
+      py::arg("ldq"), py::arg("dtype"), py::arg("p"), py::arg("k"), py::arg("out_keys"), py::arg("out_idx"),
+      py::arg("stream"), py::arg("device"), py::arg("pairs") = 0,
+      "knn through a grid of cells (dim <= 8, k <= 32; brute force otherwise): the same keys and "
+      "indices; one host synchronisation sizes the grid");
+  m.def(
+      "knn_count_grid",
+      [](std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std::uintptr_t queries, int64_t m,
+         int64_t ldq, const std::string& dtype, double p, std::uintptr_t radius, bool strict,
+         std::uintptr_t out, std::uintptr_t stream, int device, std::uintptr_t pairs) {
+        const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
+        check_pointer(radius, a.dtype == Dtype::float32 ? 4 : 8, "radius");
+        check_pointer(out, 8, "out");
+        if (pairs != 0) check_pointer(pairs, 8, "pairs");
+        check_device(device);
+        py::gil_scoped_release release;
+        knn::count_grid(a.points, a.queries, a.dtype, p, reinterpret_cast<const void*>(radius), strict,
+                        reinterpret_cast<int64_t*>(out), as_stream(stream), device,
+                        reinterpret_cast<unsigned long long*>(pairs));
+      },
+      py::arg("points"), py::arg("n"), py::arg("dim"), py::arg("ld"), py::arg("queries"), py::arg("m"),
+      py::arg("ldq"), py::arg("dtype"), py::arg("p"), py::arg("radius"), py::arg("strict"), py::arg("out"),
+      py::arg("stream"), py::arg("device"), py::arg("pairs") = 0,
+      "knn_count through a grid of cells (2 <= dim <= 8; the existing paths otherwise): the same "
+      "counts; one host synchronisation sizes the grid");
 
   m.def(
       "kernel_matmul",

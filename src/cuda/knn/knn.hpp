@@ -38,4 +38,20 @@ void knn(const Matrix& points, const Matrix& queries, Dtype dtype, double p, int
 void count(const Matrix& points, const Matrix& queries, Dtype dtype, double p, const void* radius,
            bool strict, int64_t* out, cudaStream_t stream, int device);
 
+// The grid path's limits (grid.cu): larger k or dim go to brute force.
+constexpr int kGridMaxK = 32;
+constexpr int kGridMaxDim = 8;
+
+// The same functions through a grid of cells over <= 3 columns (grid.cu): the same answers bit for
+// bit, from far fewer pairs when dim is small. Brute force (knn / count) answers when the grid
+// cannot help: dim > 8, k > 32, data without spread, count with dim 1, no room for the grid's
+// workspaces; invalid arguments raise its errors. One host synchronisation sizes the grid.
+// pairs: optional device counter (nullptr: none) to which the (query, point) pairs examined are
+// added (left unchanged when brute force answers).
+void knn_grid(const Matrix& points, const Matrix& queries, Dtype dtype, double p, int k, void* out_keys,
+              int64_t* out_idx, cudaStream_t stream, int device, unsigned long long* pairs = nullptr);
+void count_grid(const Matrix& points, const Matrix& queries, Dtype dtype, double p, const void* radius,
+                bool strict, int64_t* out, cudaStream_t stream, int device,
+                unsigned long long* pairs = nullptr);
+
 }  // namespace infolens::cuda::knn

@@ -164,14 +164,23 @@ class CudaIndex:
     torch path): it computes the same keys and the same (key, index) order, so every estimate is
     the same function whichever path answered. ``backend`` says "reference" when p (or d > 2^16)
     sends every question there.
+
+    ``algorithm``: "brute" (the fused brute-force kernels), "grid" (cells over <= 3 columns: the
+    same answers from fewer pairs in low dimension, d <= ``knn_grid_max_dim`` and k <=
+    ``knn_grid_max_k``, brute force past those or where the grid cannot help; one host
+    synchronisation per call sizes the grid) or "auto" (brute force, until the grid path is
+    measured on a GPU).
     """
 
-    algorithm = "brute"
+    ALGORITHMS = ("auto", "brute", "grid")
 
     def __init__(self, points: torch.Tensor, p: float, algorithm: str = "auto"):
-        if algorithm not in ("auto", "brute"):
-            raise ValueError(f"algorithm={algorithm!r} is not served on CUDA tensors: the CUDA engine is brute "
-                             "force; use 'auto' or 'brute'")
+        if algorithm not in self.ALGORITHMS:
+            raise ValueError(f"algorithm={algorithm!r} is not served on CUDA tensors; the CUDA engine takes "
+                             f"algorithm in {self.ALGORITHMS}")
+        if algorithm == "grid" and not hasattr(_native_cuda, "knn_grid"):
+            raise ValueError("algorithm='grid': this build of infolens._native_cuda has no grid path")
+        self.algorithm = "grid" if algorithm == "grid" else "brute"
         if points.dtype not in CUDA_DTYPES:
             raise TypeError(f"points must be float32 or float64, got {points.dtype}")
         self.points, self._ld = _rows(points)
@@ -215,8 +224,9 @@ class CudaIndex:
         idx = torch.empty(m, k, dtype=torch.int64, device=self.device)
         if m == 0:
             return keys, idx
-        _native_cuda.knn(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m, ldq,
-                         self._dtype, self.p, k, keys.data_ptr(), idx.data_ptr(), *cuda_launch(self.device))
+        search = _native_cuda.knn_grid if self.algorithm == "grid" else _native_cuda.knn
+        search(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m, ldq,
+               self._dtype, self.p, k, keys.data_ptr(), idx.data_ptr(), *cuda_launch(self.device))
         return keys, idx
 
     def count(self, radius: torch.Tensor, strict: bool, queries: torch.Tensor | None = None):
@@ -229,9 +239,9 @@ class CudaIndex:
         out = torch.empty(m, dtype=torch.int64, device=self.device)
         if m == 0:
             return out
-        _native_cuda.knn_count(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m,
-                               ldq, self._dtype, self.p, radius.data_ptr(), bool(strict), out.data_ptr(),
-                               *cuda_launch(self.device))
+        count = _native_cuda.knn_count_grid if self.algorithm == "grid" else _native_cuda.knn_count
+        count(self.points.data_ptr(), self.n, self.points.shape[1], self._ld, _pointer(q), m, ldq, self._dtype,
+              self.p, radius.data_ptr(), bool(strict), out.data_ptr(), *cuda_launch(self.device))
         return out
 
 
