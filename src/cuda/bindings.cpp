@@ -120,6 +120,23 @@ KnnArgs knn_args(std::uintptr_t points, int64_t n, int64_t dim, int64_t ld, std:
   return args;
 }
 
+// k and the output arrays of knn / knn_grid.
+void check_knn_outputs(const KnnArgs& a, int k, std::uintptr_t out_keys, std::uintptr_t out_idx) {
+  const int64_t n = a.points.rows;
+  const int64_t most = a.queries.data == nullptr ? n - 1 : n;
+  if (k < 1 || k > knn::kMaxK || k > most)
+    throw std::invalid_argument("k: must be in [1, " + std::to_string(std::min<int64_t>(most, knn::kMaxK)) +
+                                "], got " + std::to_string(k));
+  check_pointer(out_keys, a.dtype == Dtype::float32 ? 4 : 8, "out_keys");
+  check_pointer(out_idx, 8, "out_idx");
+}
+
+// The radius and output arrays of knn_count / knn_count_grid.
+void check_count_outputs(const KnnArgs& a, std::uintptr_t radius, std::uintptr_t out) {
+  check_pointer(radius, a.dtype == Dtype::float32 ? 4 : 8, "radius");
+  check_pointer(out, 8, "out");
+}
+
 // softmax_ce_ggn's arguments, checked: sizes, pointers (None = absent), no output overlapping
 // another array, at least one tangent and one output.
 infolens::curvature::HeadProblem head_problem(
@@ -217,12 +234,7 @@ PYBIND11_MODULE(_native_cuda, m) {
          int64_t ldq, const std::string& dtype, double p, int k, std::uintptr_t out_keys,
          std::uintptr_t out_idx, std::uintptr_t stream, int device) {
         const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
-        const int64_t most = queries == 0 ? n - 1 : n;
-        if (k < 1 || k > knn::kMaxK || k > most)
-          throw std::invalid_argument("k: must be in [1, " + std::to_string(std::min<int64_t>(most, knn::kMaxK)) +
-                                      "], got " + std::to_string(k));
-        check_pointer(out_keys, a.dtype == Dtype::float32 ? 4 : 8, "out_keys");
-        check_pointer(out_idx, 8, "out_idx");
+        check_knn_outputs(a, k, out_keys, out_idx);
         check_device(device);
         py::gil_scoped_release release;
         knn::knn(a.points, a.queries, a.dtype, p, k, reinterpret_cast<void*>(out_keys),
@@ -240,8 +252,7 @@ PYBIND11_MODULE(_native_cuda, m) {
          int64_t ldq, const std::string& dtype, double p, std::uintptr_t radius, bool strict,
          std::uintptr_t out, std::uintptr_t stream, int device) {
         const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
-        check_pointer(radius, a.dtype == Dtype::float32 ? 4 : 8, "radius");
-        check_pointer(out, 8, "out");
+        check_count_outputs(a, radius, out);
         check_device(device);
         py::gil_scoped_release release;
         knn::count(a.points, a.queries, a.dtype, p, reinterpret_cast<const void*>(radius), strict,
@@ -262,12 +273,7 @@ PYBIND11_MODULE(_native_cuda, m) {
          int64_t ldq, const std::string& dtype, double p, int k, std::uintptr_t out_keys,
          std::uintptr_t out_idx, std::uintptr_t stream, int device, std::uintptr_t pairs) {
         const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
-        const int64_t most = queries == 0 ? n - 1 : n;
-        if (k < 1 || k > knn::kMaxK || k > most)
-          throw std::invalid_argument("k: must be in [1, " + std::to_string(std::min<int64_t>(most, knn::kMaxK)) +
-                                      "], got " + std::to_string(k));
-        check_pointer(out_keys, a.dtype == Dtype::float32 ? 4 : 8, "out_keys");
-        check_pointer(out_idx, 8, "out_idx");
+        check_knn_outputs(a, k, out_keys, out_idx);
         if (pairs != 0) check_pointer(pairs, 8, "pairs");
         check_device(device);
         py::gil_scoped_release release;
@@ -286,8 +292,7 @@ PYBIND11_MODULE(_native_cuda, m) {
          int64_t ldq, const std::string& dtype, double p, std::uintptr_t radius, bool strict,
          std::uintptr_t out, std::uintptr_t stream, int device, std::uintptr_t pairs) {
         const KnnArgs a = knn_args(points, n, dim, ld, queries, m, ldq, dtype, p);
-        check_pointer(radius, a.dtype == Dtype::float32 ? 4 : 8, "radius");
-        check_pointer(out, 8, "out");
+        check_count_outputs(a, radius, out);
         if (pairs != 0) check_pointer(pairs, 8, "pairs");
         check_device(device);
         py::gil_scoped_release release;

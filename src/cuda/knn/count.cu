@@ -105,29 +105,6 @@ __device__ __forceinline__ bool passes(T key, T r) {
 __device__ __forceinline__ float nan_of(float) { return __int_as_float(0x7fffffff); }
 __device__ __forceinline__ double nan_of(double) { return __longlong_as_double(0x7fffffffffffffffLL); }
 
-// The key after the first coordinate. key_step(0, q, x) is max(0, |t|) or 0 + t*t; both equal the
-// term itself for every non-NaN t (t*t is never -0), so the fold with 0 is skipped: bitwise the
-// same key, one instruction less per pair.
-template <bool kMaxNorm, class T>
-__device__ __forceinline__ T key_first(T q, T x);
-template <>
-__device__ __forceinline__ float key_first<true, float>(float q, float x) {
-  return fabsf(__fsub_rn(q, x));
-}
-template <>
-__device__ __forceinline__ double key_first<true, double>(double q, double x) {
-  return fabs(__dsub_rn(q, x));
-}
-template <>
-__device__ __forceinline__ float key_first<false, float>(float q, float x) {
-  const float t = __fsub_rn(q, x);
-  return __fmul_rn(t, t);
-}
-template <>
-__device__ __forceinline__ double key_first<false, double>(double q, double x) {
-  const double t = __dsub_rn(q, x);
-  return __dmul_rn(t, t);
-}
 
 
 // ---- d >= 2: fused brute force -----------------------------------------------------------------

@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kThreads) grid_knn_kernel(const __grid_constan
     T key = T(0);
 #pragma unroll
     for (int c = 0; c < gr::kMaxDim; ++c)
-      if (c < dim) key = gr::step<kMaxNorm>(key, qv[c], x[c]);
+      if (c < dim) key = gr::key_step<kMaxNorm>(key, qv[c], x[c]);
     if (active && !(self && j == qi) && list.admits(key, j)) list.insert(key, j);
   };
   unsigned long long scanned = 0;
@@ -326,10 +326,10 @@ __global__ void __launch_bounds__(kThreads) grid_count_kernel(const __grid_const
   const bool self = a.self;
   const uint32_t qi = lq.qi;
   auto visit = [&](const T* x, uint32_t j) {
-    T key = gr::first<kMaxNorm>(qv[0], x[0]);
+    T key = gr::key_first<kMaxNorm>(qv[0], x[0]);
 #pragma unroll
     for (int cc = 1; cc < gr::kMaxDim; ++cc)
-      if (cc < dim) key = gr::step<kMaxNorm>(key, qv[cc], x[cc]);
+      if (cc < dim) key = gr::key_step<kMaxNorm>(key, qv[cc], x[cc]);
     const bool pass = kStrict ? key < r : key <= r;
     cnt += (possible && pass && !(self && j == qi)) ? 1 : 0;
   };

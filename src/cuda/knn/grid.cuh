@@ -24,6 +24,8 @@
 #include <utility>
 #include <vector>
 
+#include "knn/keys.cuh"
+
 namespace infolens::cuda::knn::grid {
 
 constexpr int kAxes = 3;         // columns cut into cells
@@ -31,79 +33,15 @@ constexpr int kMaxDim = 8;       // the grid serves dim <= kMaxDim; larger dim g
 constexpr int kMaxK = 32;        // the largest k kept in one lane's registers
 constexpr int kMaxCellsPerAxis = 1024;
 
-#define INFOLENS_HD __host__ __device__ __forceinline__
+// The keys (keys.cuh): key_step folds one more coordinate, key_first forms the first.
+using knn::key_first;
+using knn::key_step;
 
-// ---- the keys' rounded operations, on the device and on the host -------------------------------
-INFOLENS_HD float sub_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-INFOLENS_HD double sub_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-INFOLENS_HD float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-INFOLENS_HD double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-INFOLENS_HD float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-INFOLENS_HD double add_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-INFOLENS_HD float max_of(float a, float b) { return fmaxf(a, b); }
-INFOLENS_HD double max_of(double a, double b) { return fmax(a, b); }
-INFOLENS_HD float abs_of(float a) { return fabsf(a); }
-INFOLENS_HD double abs_of(double a) { return fabs(a); }
-
-// key_step of keys.cuh (knn.cu's keys: folded from 0 over every coordinate).
-template <bool kMaxNorm, class T>
-INFOLENS_HD T step(T acc, T q, T x) {
-  const T t = sub_rn(q, x);
-  if constexpr (kMaxNorm)
-    return max_of(acc, abs_of(t));
-  else
-    return add_rn(acc, mul_rn(t, t));
-}
-// count.cu's key_first (the brute-force count's first coordinate: the term itself).
-template <bool kMaxNorm, class T>
-INFOLENS_HD T first(T q, T x) {
-  const T t = sub_rn(q, x);
-  if constexpr (kMaxNorm)
-    return abs_of(t);
-  else
-    return mul_rn(t, t);
-}
 // The key term of a face: a lower bound of the term t(q, x) of every point x beyond the face b
 // on the far side from q (b <= q for a lower face, q < b for an upper one).
 template <bool kMaxNorm, class T>
 INFOLENS_HD T face(T q, T b) {
-  return first<kMaxNorm, T>(q, b);
+  return key_first<kMaxNorm, T>(q, b);
 }
 
 template <class T>
