@@ -250,3 +250,18 @@ def test_block_sizes_keep_the_widest_tangent_near_the_budget():
     assert sequential._blocks(8, 128, 64 * 1024) == (4, 32)             # a small CNN's first layer
     assert sequential._blocks(8, 1024, 4096) == (8, 256)                # fewer rows first
     assert sequential._blocks(8, 16, 64 * mb) == (1, 16)                # never fewer than MIN_ROWS
+
+
+@pytest.mark.usefixtures("float64_default")
+@pytest.mark.parametrize("mode", ["sequential", "reverse-over-reverse"])
+def test_a_batch_whose_targets_are_all_ignored_adds_nothing(mode):
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double().eval()
+    x, y = torch.randn(9, 3), torch.randint(0, 2, (9,))
+    y[3:6] = 2                                  # the second batch of 3: every target ignored
+    loss = nn.CrossEntropyLoss(ignore_index=2)
+    h, _, _ = dense_references(model, x, y, loss)
+    op = CurvatureOperator(model, loss, (x, y), kind="hessian", mode=mode, batch_size=3)
+    assert torch.allclose(dense(op), h, atol=1e-12)
+    with pytest.raises(ValueError, match="every target is ignored"):
+        CurvatureOperator(model, loss, (x, torch.full_like(y, 2)), kind="hessian")

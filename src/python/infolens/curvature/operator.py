@@ -116,6 +116,9 @@ class CurvatureOperator(linalg.Operator):
         if self.n_samples == 0:
             raise ValueError("data holds no samples")
         self.n_terms = sum(t for _, t in counts if t is not None)
+        if self.n_terms == 0 and any(t is not None for _, t in counts):
+            raise ValueError("data: every target is ignored (ignore_index, or class weights of 0): the mean loss "
+                             "has no terms, so it has no curvature")
         self.chunk = chunk
         first = named[self.names[0]]
         super().__init__(self._matmul, sum(self.sizes), device=first.device, dtype=first.dtype)
@@ -266,6 +269,8 @@ class CurvatureOperator(linalg.Operator):
             for x, y in self.batches():
                 x, y = x.to(self.device), y.to(self.device)
                 weight = 1.0 / self.n_samples if self.kind == "empirical-fisher" else self._weight(y)
+                if weight == 0:  # every target of the batch ignored: no share of the loss (its mean is NaN)
+                    continue
                 if self.mode == "sequential" and self.head is None and self.kind != "empirical-fisher":
                     # the sweeps add each batch's share into the running sum themselves
                     total = self.plan.product(theta, tangents, x, y, second=self.kind == "hessian", chunk=chunk,

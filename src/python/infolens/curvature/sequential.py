@@ -406,6 +406,7 @@ class Plan:
     def __init__(self, modules, prefixes, loss: _Loss, names):
         self.modules, self.prefixes, self.loss = modules, prefixes, loss
         self.names = set(names)
+        self._sized = None  # (input shape, dtype, device) -> (widest, outputs), see _sizes
 
     def product(self, theta, tangents, x, y, *, second: bool = True, chunk: int | None = None,
                 scale: float = 1.0, into: dict | None = None) -> dict:
@@ -439,7 +440,7 @@ class Plan:
         """(the largest layer output, the model's output), in elements per sample, from one
         sample's forward pass (kept per input shape)."""
         key = (tuple(x.shape[1:]), x.dtype, x.device)
-        if getattr(self, "_sized", (None,))[0] != key:
+        if self._sized is None or self._sized[0] != key:
             h, widest = x[:1], x[0].numel()
             with torch.no_grad():
                 for module in self.modules:

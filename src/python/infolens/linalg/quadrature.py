@@ -192,7 +192,7 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
         a = (v * w).sum(dim=1)
         w -= a[:, None] * v
         alpha[:, j] = a
-        w = project_out(project_out(w.T, u), u).T.contiguous()  # twice: U is small
+        w = project_out(w.T, u).T.contiguous()  # against U (CGS2: U is small, every step)
         b = norms(w, dim=1)
         scale = max(scale, float(alpha[:, j].abs().max()), float(b.max()))
         for i in watch.lost(j, alpha, beta, b, scale, active):  # partial reorthogonalisation
