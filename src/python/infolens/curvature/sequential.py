@@ -110,13 +110,18 @@ class _Elementwise:
         self.rz = rh
         return rh * self.d1.unsqueeze(1)
 
+    def gradient(self, g):
+        if self.d2 is not None:  # kept for every block of columns: [R J^T] g = s''(z) g R z
+            self.d2g = (self.d2 * g).unsqueeze(1)
+        return g * self.d1
+
     def backward(self, g, rg, v, second, need_input, acc):
         # rg is this sweep's own temporary: scaled in place (the [B, b, ...] tangents of a
         # convolution's first layer are the largest tensors of the sweep)
         rgz = rg.mul_(self.d1.unsqueeze(1))
         if second and self.d2 is not None:
-            rgz.add_(self.rz * (self.d2 * g).unsqueeze(1))
-        return g * self.d1, rgz
+            rgz.add_(self.rz * self.d2g)
+        return rgz
 
 
 class _Reshape:
@@ -134,8 +139,11 @@ class _Reshape:
     def tangent(self, rh, v):
         return rh.reshape(*rh.shape[:2], *self.out_shape)
 
+    def gradient(self, g):
+        return g.reshape(g.shape[0], *self.in_shape)
+
     def backward(self, g, rg, v, second, need_input, acc):
-        return g.reshape(g.shape[0], *self.in_shape), rg.reshape(*rg.shape[:2], *self.in_shape)
+        return rg.reshape(*rg.shape[:2], *self.in_shape)
 
 
 class _Linear:
@@ -175,13 +183,15 @@ class _Linear:
         if "bias" in v:
             acc["bias"].add_(rg_rows.sum(dim=0).reshape(b, out))
         if not need_input:
-            return None, None
-        g_in = g @ w
+            return None
         rg_in = (rg.reshape(-1, out) @ w).reshape(*rg.shape[:-1], cin)
         if second and "weight" in v:                   # [R J^T] g = V_j^T g for every column
             vt = v["weight"].transpose(0, 1).reshape(out, b * cin)
             rg_in = _add_product(rg_in, g.reshape(-1, out), vt, h, b, cin)
-        return g_in, rg_in
+        return rg_in
+
+    def gradient(self, g):
+        return g @ self.module.weight
 
 
 class _Conv:
@@ -242,15 +252,17 @@ class _Conv:
         if "bias" in v:
             acc["bias"].add_(rg.sum(dim=(0, *range(3, rg.ndim))))
         if not need_input:
-            return None, None
-        g_in = self._input_grad(h.shape, w, g)
+            return None
         rg_in = self._input_grad((big * b, *h.shape[1:]), w, rg.reshape(big * b, *rg.shape[2:]))
         rg_in = rg_in.reshape(big, b, *h.shape[1:])
         if second and "weight" in v:  # [R J^T] g = V_j^T * g, all j as b * C_in input channels
             vt = v["weight"].transpose(0, 1).reshape(out, b * cin, *spatial)
             extra = self._input_grad((big, b * cin, *h.shape[2:]), vt, g)
-            rg_in = rg_in + extra.reshape(big, b, *h.shape[1:])
-        return g_in, rg_in
+            rg_in = rg_in.add_(extra.reshape(big, b, *h.shape[1:]))
+        return rg_in
+
+    def gradient(self, g):
+        return self._input_grad(self.h.shape, self.module.weight, g)
 
 
 class _MaxPool:
@@ -274,14 +286,18 @@ class _MaxPool:
         flat = rh.reshape(*rh.shape[:3], -1)
         return flat.gather(3, self._flat_index(b)).reshape(*rh.shape[:3], *self.index.shape[2:])
 
+    def _scatter(self, t):
+        """[B, b, C, *out] -> [B, b, C, *in]: each window's value back at its maximum."""
+        big, b, channels = t.shape[:3]
+        full = t.new_zeros(big, b, channels, math.prod(self.in_shape[2:]))
+        full.scatter_add_(3, self._flat_index(b), t.reshape(big, b, channels, -1))
+        return full.reshape(big, b, *self.in_shape[1:])
+
+    def gradient(self, g):
+        return self._scatter(g.unsqueeze(1)).squeeze(1)
+
     def backward(self, g, rg, v, second, need_input, acc):
-        big, channels = self.in_shape[:2]
-        b = rg.shape[1]
-        g_in = g.new_zeros(big, 1, channels, math.prod(self.in_shape[2:]))
-        g_in.scatter_add_(3, self._flat_index(1), g.reshape(big, 1, channels, -1))
-        rg_in = rg.new_zeros(big, b, channels, g_in.shape[-1])
-        rg_in.scatter_add_(3, self._flat_index(b), rg.reshape(big, b, channels, -1))
-        return g_in.reshape(self.in_shape), rg_in.reshape(big, b, *self.in_shape[1:])
+        return self._scatter(rg)
 
 
 class _Unsupported(NotImplementedError):
@@ -426,14 +442,17 @@ class Plan:
         cols, rows = _blocks(b, x.shape[0], widest * x.element_size())
         cols = cols if chunk is None else max(1, min(cols, int(chunk)))
         out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
+        first = self._first_moving(tangents)
         with torch.no_grad():
             # the loss's divisor over the scale: every product is linear in the loss
             terms = self.loss.terms(y, outputs) / scale
-            for c in range(0, b, cols):
-                part = {k: t[c:c + cols] for k, t in tangents.items()}
-                acc = {k: t[c:c + cols] for k, t in out.items()}
-                for r in range(0, x.shape[0], rows):
-                    self._sweep(part, x[r:r + rows], y[r:r + rows], terms, second, acc)
+            for r in range(0, x.shape[0], rows):
+                # the forward and gradient sweeps once per block of rows, shared by its column blocks
+                layers, grads = self._forward(x[r:r + rows], y[r:r + rows], terms, first)
+                for c in range(0, b, cols):
+                    part = {k: t[c:c + cols] for k, t in tangents.items()}
+                    acc = {k: t[c:c + cols] for k, t in out.items()}
+                    self._sweep(layers, grads, part, first, second, acc)
         return out
 
     def _sizes(self, x) -> tuple[int, int]:
@@ -449,15 +468,23 @@ class Plan:
             self._sized = (key, (widest, h[0].numel()))
         return self._sized[1]
 
-    def _sweep(self, tangents, x, y, terms, second, acc):
-        """One block's four sweeps, its products added into ``acc``."""
+    def _forward(self, x, y, terms, first):
+        """The forward sweep and the loss's gradient, carried back to every layer's output from the
+        last down to the first that moves: (layers, grads), grads[i] at layer i's output."""
         layers = []
         h = x
         for module in self.modules:
             layer = _layer(module)
             h = layer.forward(module, h)
             layers.append(layer)
-        g = self.loss.gradient(h, y, terms)
+        grads = [None] * len(layers)
+        grads[-1] = self.loss.gradient(h, y, terms)
+        for i in range(len(layers) - 1, first, -1):
+            grads[i - 1] = layers[i].gradient(grads[i])
+        return layers, grads
+
+    def _sweep(self, layers, grads, tangents, first, second, acc):
+        """One block of columns' R-forward, loss and backward sweeps, its products added into ``acc``."""
         rh = None
         for layer, module, prefix in zip(layers, self.modules, self.prefixes):
             v = self._tangents(module, prefix, tangents)
@@ -466,11 +493,10 @@ class Plan:
         if rh is None:  # no selected parameter moves the output: the product is zero
             return
         rg = self.loss.product(rh)
-        first = self._first_moving(tangents)
         for i in range(len(layers) - 1, first - 1, -1):
             module, prefix, layer = self.modules[i], self.prefixes[i], layers[i]
             v = self._tangents(module, prefix, tangents)
-            g, rg = layer.backward(g, rg, v, second, i > first, self._tangents(module, prefix, acc))
+            rg = layer.backward(grads[i], rg, v, second, i > first, self._tangents(module, prefix, acc))
 
     def _tangents(self, module, prefix, tangents) -> dict:
         return {key: tangents[prefix + key] for key, _ in module.named_parameters(recurse=False)
