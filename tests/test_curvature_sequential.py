@@ -247,8 +247,8 @@ def test_blocks_of_rows_and_columns_change_nothing(case, monkeypatch):
 def test_block_sizes_keep_the_widest_tangent_near_the_budget():
     mb = 1 << 20
     assert sequential._blocks(8, 256, 512) == (8, 256)                  # an MLP: whole
-    assert sequential._blocks(8, 128, 64 * 1024) == (4, 32)             # a small CNN's first layer
-    assert sequential._blocks(8, 1024, 4096) == (8, 256)                # fewer rows first
+    assert sequential._blocks(8, 128, 64 * 1024) == (2, 32)             # a small CNN's first layer
+    assert sequential._blocks(8, 1024, 4096) == (8, 128)                # fewer rows first
     assert sequential._blocks(8, 16, 64 * mb) == (1, 16)                # never fewer than MIN_ROWS
 
 
