@@ -265,3 +265,41 @@ def test_a_batch_whose_targets_are_all_ignored_adds_nothing(mode):
     assert torch.allclose(dense(op), h, atol=1e-12)
     with pytest.raises(ValueError, match="every target is ignored"):
         CurvatureOperator(model, loss, (x, torch.full_like(y, 2)), kind="hessian")
+
+
+@pytest.mark.usefixtures("float64_default")
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=["MLP", "CNN", "sequence MSE"])
+def test_kept_sweeps_give_fresh_products_and_follow_every_change(case, monkeypatch):
+    _, build, x, y, loss = case
+    model = _seeded(build).double().eval()
+    x = x.double().clone()
+    y = y.double().clone() if y.is_floating_point() else y.clone()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 3)
+
+    def fresh():  # a new operator keeps nothing yet
+        return CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)(v)
+
+    op = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)
+    before = op(v)
+    assert len(op.plan.kept.entries) == 3          # batches of 4 + 4 + 2
+    assert torch.equal(op(v), before)              # from the kept sweeps: the very same numbers
+    # a parameter changed through .data, which leaves its version counter alone
+    weight = next(model.parameters())
+    version = weight._version
+    weight.data.mul_(1.5)
+    assert weight._version == version
+    after = op(v)
+    assert not torch.allclose(after, before) and torch.equal(after, fresh())
+    # the data changed in place, through a NumPy view
+    x.numpy()[:] *= -2.0
+    moved = op(v)
+    assert not torch.allclose(moved, after) and torch.equal(moved, fresh())
+    # a loader that makes new tensors, in another order, every pass: products equal to rounding
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4, shuffle=True)
+    shuffled = CurvatureOperator(model, loss, loader, kind="hessian", mode="sequential")
+    for _ in range(2):
+        assert torch.allclose(shuffled(v), moved, atol=1e-12 * float(moved.abs().max()))
+    # nothing fits: nothing is kept, the products are the same
+    monkeypatch.setattr(sequential, "KEEP_BYTES", 1000)
+    small = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)
+    assert torch.equal(small(v), moved) and not small.plan.kept.entries

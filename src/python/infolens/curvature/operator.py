@@ -256,6 +256,8 @@ class CurvatureOperator(linalg.Operator):
             except (RuntimeError, MemoryError) as exc:
                 if not _out_of_memory(exc) or (chunk is not None and chunk <= 1):
                     raise
+                if not isinstance(self.plan, str):  # the sweeps kept from the last pass go first
+                    self.plan.kept.clear()
                 chunk = max(1, (v.shape[1] if chunk is None else chunk) // 2)
                 self.chunk = chunk
 
@@ -266,7 +268,7 @@ class CurvatureOperator(linalg.Operator):
         was_training = self.model.training
         self.model.eval()
         try:
-            for x, y in self.batches():
+            for i, (x, y) in enumerate(self.batches()):
                 x, y = x.to(self.device), y.to(self.device)
                 weight = 1.0 / self.n_samples if self.kind == "empirical-fisher" else self._weight(y)
                 if weight == 0:  # every target of the batch ignored: no share of the loss (its mean is NaN)
@@ -274,7 +276,7 @@ class CurvatureOperator(linalg.Operator):
                 if self.mode == "sequential" and self.head is None and self.kind != "empirical-fisher":
                     # the sweeps add each batch's share into the running sum themselves
                     total = self.plan.product(theta, tangents, x, y, second=self.kind == "hessian", chunk=chunk,
-                                              scale=weight, into=total)
+                                              scale=weight, into=total, batch=i)
                 else:
                     total = _accumulate(total, self._batch_product(theta, frozen, x, y, tangents, chunk), weight)
         finally:

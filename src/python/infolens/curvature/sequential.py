@@ -25,6 +25,9 @@ mode, where it is the identity), and the elementwise Tanh, Sigmoid, ReLU, LeakyR
 SiLU; under ``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no
 label smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered,
 and the operator then uses autograd. Subclasses are refused: their forward may differ.
+
+Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
+reused while the batch's data and the parameters are unchanged, see ``_Kept``.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def _elementwise(module):
 # the selected parameters), ``first`` marks a layer whose input is the data (R h_in = 0).
 
 class _Elementwise:
+    reads_gradient = False
+
     def __init__(self, derivatives):
         self.derivatives = derivatives
 
@@ -105,9 +110,8 @@ class _Elementwise:
         return h
 
     def tangent(self, rh, v):
-        if self.d2 is None:  # piecewise linear: R z is not needed again, scale it in place
+        if self.d2 is None:  # piecewise linear: R z (self.rh) is not needed again, scale it in place
             return rh.mul_(self.d1.unsqueeze(1))
-        self.rz = rh
         return rh * self.d1.unsqueeze(1)
 
     def gradient(self, g):
@@ -120,11 +124,13 @@ class _Elementwise:
         # convolution's first layer are the largest tensors of the sweep)
         rgz = rg.mul_(self.d1.unsqueeze(1))
         if second and self.d2 is not None:
-            rgz.add_(self.rz * self.d2g)
+            rgz.add_(self.rh * self.d2g)
         return rgz
 
 
 class _Reshape:
+    reads_gradient = False
+
     """Flatten, Identity, Dropout (eval): the samples' shape changes, nothing else."""
 
     def forward(self, module, h):
@@ -147,6 +153,8 @@ class _Reshape:
 
 
 class _Linear:
+    reads_gradient = True  # backward's second-order terms read g at the output
+
     def forward(self, module, h):
         self.module, self.h = module, h
         return module(h)
@@ -195,6 +203,8 @@ class _Linear:
 
 
 class _Conv:
+    reads_gradient = True  # backward's second-order terms read g at the output
+
     def forward(self, module, h):
         if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise _Unsupported("convolutions with groups, string padding or non-zero padding modes")
@@ -266,6 +276,8 @@ class _Conv:
 
 
 class _MaxPool:
+    reads_gradient = False
+
     def forward(self, module, h):
         if module.return_indices:
             raise _Unsupported("MaxPool with return_indices")
@@ -368,28 +380,31 @@ class _Loss:
         return max(int(keep.sum()), 1)  # all ignored: PyTorch's mean is NaN
 
     def gradient(self, z, y, terms):
+        """(g, state): the gradient at the outputs z, and what ``product`` needs of this block."""
         if self.kind == "mse":
             if y.shape != z.shape:
                 raise _Unsupported("MSELoss with targets of another shape than the outputs (broadcasting)")
-            self.scale = 2.0 / terms
-            return self.scale * (z - y)
+            scale = 2.0 / terms
+            return scale * (z - y), scale
         if z.ndim != 2 or y.ndim != 1 or y.dtype not in (torch.int64, torch.int32):
             raise _Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
-        self.p = torch.softmax(z, dim=1)
+        p = torch.softmax(z, dim=1)
         keep = y != self.ignore_index
         share = keep.to(z.dtype)
         if self.classes is not None:
             share = share * self.classes.to(z.device, z.dtype)[torch.where(keep, y, 0)]
-        self.weight = (share / terms)[:, None]
+        weight = (share / terms)[:, None]
         onehot = F.one_hot(torch.where(keep, y, 0).long(), z.shape[1]).to(z.dtype)
-        return self.weight * (self.p - onehot)
+        return weight * (p - onehot), (p, weight)
 
-    def product(self, rz):
+    def product(self, rz, state):
+        """R g for the tangents rz [B, b, ...], with ``state`` from this block's ``gradient``."""
         if self.kind == "mse":
-            return self.scale * rz
-        p = self.p.unsqueeze(1)                  # [B, 1, C] against rz [B, b, C]
+            return state * rz
+        p, weight = state
+        p = p.unsqueeze(1)                  # [B, 1, C] against rz [B, b, C]
         prz = p * rz
-        return self.weight.unsqueeze(1) * (prz - p * prz.sum(dim=-1, keepdim=True))
+        return weight.unsqueeze(1) * (prz - p * prz.sum(dim=-1, keepdim=True))
 
 
 def _loss_of(loss) -> _Loss | str:
@@ -428,13 +443,16 @@ class Plan:
         self.modules, self.prefixes, self.loss = modules, prefixes, loss
         self.names = set(names)
         self._sized = None  # (input shape, dtype, device) -> every layer's output size, see _sizes
+        self.kept = _Kept([p for m in modules for p in m.parameters(recurse=False)])
 
     def product(self, theta, tangents, x, y, *, second: bool = True, chunk: int | None = None,
-                scale: float = 1.0, into: dict | None = None) -> dict:
+                scale: float = 1.0, into: dict | None = None, batch: int | None = None) -> dict:
         """{name: [b, *shape]}: the Hessian (``second``) or Gauss-Newton matrix of the batch's loss
         times the b columns of ``tangents``, at the module's current parameters ``theta`` (the
         operator passes them detached; they must be the module's own), times ``scale`` and
-        added into ``into`` where given (a pass's running sum over its batches).
+        added into ``into`` where given (a pass's running sum over its batches). ``batch``, the
+        batch's place in its pass, lets the forward and gradient sweeps be kept for the next
+        pass (see ``_Kept``).
 
         The sweeps run over blocks of columns (at most ``chunk``) and rows whose largest tangent
         stays near ``BLOCK_BYTES`` (at least ``MIN_ROWS`` rows): the products are sums over
@@ -452,15 +470,19 @@ class Plan:
         cols = cols if chunk is None else max(1, min(cols, int(chunk)))
         out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
         with torch.no_grad():
-            # the loss's divisor over the scale: every product is linear in the loss
-            terms = self.loss.terms(y, sizes[-1]) / scale
-            for r in range(0, x.shape[0], rows):
-                # the forward and gradient sweeps once per block of rows, shared by its column blocks
-                layers, grads = self._forward(x[r:r + rows], y[r:r + rows], terms, first)
+            setting = (rows, first, scale)
+            blocks = self.kept.find(batch, x, y, setting)
+            if blocks is None:
+                # the loss's divisor over the scale: every product is linear in the loss
+                terms = self.loss.terms(y, sizes[-1]) / scale
+                blocks = [self._forward(x[r:r + rows], y[r:r + rows], terms, first)
+                          for r in range(0, x.shape[0], rows)]
+                self.kept.keep(batch, x, y, setting, blocks)
+            for block in blocks:  # the forward and gradient sweeps of a block of rows serve all its columns
                 for c in range(0, b, cols):
                     part = {k: t[c:c + cols] for k, t in tangents.items()}
                     acc = {k: t[c:c + cols] for k, t in out.items()}
-                    self._sweep(layers, grads, part, first, second, acc)
+                    self._sweep(block, part, first, second, acc)
         return out
 
     def _sizes(self, x) -> list[int]:
@@ -476,9 +498,9 @@ class Plan:
             self._sized = (key, sizes)
         return self._sized[1]
 
-    def _forward(self, x, y, terms, first):
+    def _forward(self, x, y, terms, first) -> _Block:
         """The forward sweep and the loss's gradient, carried back to every layer's output from the
-        last down to the first that moves: (layers, grads), grads[i] at layer i's output."""
+        last down to the first that moves."""
         layers = []
         h = x
         for module in self.modules:
@@ -486,25 +508,29 @@ class Plan:
             h = layer.forward(module, h)
             layers.append(layer)
         grads = [None] * len(layers)
-        grads[-1] = self.loss.gradient(h, y, terms)
+        grads[-1], state = self.loss.gradient(h, y, terms)
         for i in range(len(layers) - 1, first, -1):
             grads[i - 1] = layers[i].gradient(grads[i])
-        return layers, grads
+        # only what the backward sweeps read stays (the block may be kept across passes)
+        grads = [g if layer.reads_gradient else None for g, layer in zip(grads, layers)]
+        return _Block(layers, grads, state)
 
-    def _sweep(self, layers, grads, tangents, first, second, acc):
+    def _sweep(self, block: _Block, tangents, first, second, acc):
         """One block of columns' R-forward, loss and backward sweeps, its products added into ``acc``."""
+        layers, grads = block.layers, block.grads
         rh = None
         for layer, module, prefix in zip(layers, self.modules, self.prefixes):
             v = self._tangents(module, prefix, tangents)
             layer.rh = rh
             rh = layer.tangent(rh, v) if (rh is not None or v) else None
-        if rh is None:  # no selected parameter moves the output: the product is zero
-            return
-        rg = self.loss.product(rh)
-        for i in range(len(layers) - 1, first - 1, -1):
-            module, prefix, layer = self.modules[i], self.prefixes[i], layers[i]
-            v = self._tangents(module, prefix, tangents)
-            rg = layer.backward(grads[i], rg, v, second, i > first, self._tangents(module, prefix, acc))
+        if rh is not None:  # else no selected parameter moves the output: the product is zero
+            rg = self.loss.product(rh, block.state)
+            for i in range(len(layers) - 1, first - 1, -1):
+                module, prefix, layer = self.modules[i], self.prefixes[i], layers[i]
+                v = self._tangents(module, prefix, tangents)
+                rg = layer.backward(grads[i], rg, v, second, i > first, self._tangents(module, prefix, acc))
+        for layer in layers:  # the block may be kept: not these columns' tangents with it
+            layer.rh = None
 
     def _tangents(self, module, prefix, tangents) -> dict:
         return {key: tangents[prefix + key] for key, _ in module.named_parameters(recurse=False)
@@ -515,6 +541,79 @@ class Plan:
             if self._tangents(module, prefix, tangents):
                 return i
         return len(self.modules) - 1
+
+
+class _Block:
+    """A block of rows after the forward and gradient sweeps: the layers (with their inputs and
+    local derivatives), the gradient at every layer's output from the first moving layer on,
+    and the loss's state for its product."""
+
+    def __init__(self, layers, grads, state):
+        self.layers, self.grads, self.state = layers, grads, state
+
+    def tensors(self):
+        for item in (*(t for layer in self.layers for t in vars(layer).values()), *self.grads, self.state):
+            yield from (item if isinstance(item, tuple) else (item,))
+
+
+KEEP_BYTES = 1 << 30
+
+
+class _Kept:
+    """The blocks of each batch of the last pass, kept for the next while they fit in KEEP_BYTES.
+
+    An SLQ or Lanczos run makes tens of passes over the same data at the same parameters, and
+    the forward and gradient sweeps do not depend on the columns: kept, an MLP's and a small
+    CNN's 8-column passes ran 1.15-1.2x faster on a CPU. A batch's blocks are reused only where its inputs,
+    its targets and every parameter equal copies kept beside them, compared element by element
+    (not trusted to tensor versions: a change through ``.data`` or a NumPy view keeps those), and
+    the blocking, the first moving layer and the loss's scale are unchanged; anything else is
+    recomputed. A shuffling loader's batches simply never match."""
+
+    def __init__(self, params):
+        self.params, self.theta = params, None
+        self.entries, self.bytes = {}, 0   # batch -> (x, y, setting, blocks, bytes)
+
+    def find(self, batch, x, y, setting):
+        if batch is None or batch not in self.entries:
+            return None
+        if self.theta is None or not all(_same(p, q) for p, q in zip(self.params, self.theta)):
+            self.clear()
+            return None
+        kx, ky, kept_setting, blocks, _ = self.entries[batch]
+        return blocks if kept_setting == setting and _same(x, kx) and _same(y, ky) else None
+
+    def keep(self, batch, x, y, setting, blocks):
+        if batch is None:
+            return
+        self.drop(batch)
+        if self.theta is None or not all(_same(p, q) for p, q in zip(self.params, self.theta)):
+            self.clear()
+            self.theta = [p.detach().clone() for p in self.params]
+        x_kept, y_kept = x.clone(), y.clone()  # the blocks may hold views of x itself
+        size = _bytes([x_kept, y_kept, x, y, *(t for block in blocks for t in block.tensors())])
+        if self.bytes + size + _bytes(self.theta) <= KEEP_BYTES:
+            self.entries[batch] = (x_kept, y_kept, setting, blocks, size)
+            self.bytes += size
+
+    def drop(self, batch):
+        entry = self.entries.pop(batch, None)
+        if entry is not None:
+            self.bytes -= entry[-1]
+
+    def clear(self):
+        self.entries, self.bytes = {}, 0
+
+
+def _same(a, b) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+def _bytes(tensors) -> int:
+    """The memory the tensors hold, a tensor seen twice counted once (a batch's slice of a larger
+    data set counts as the slice: the data set is held by its owner whether kept or not)."""
+    seen = {(t.data_ptr(), t.shape): t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)}
+    return sum(seen.values())
 
 
 BLOCK_BYTES = 4 << 20
