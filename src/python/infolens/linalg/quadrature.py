@@ -178,7 +178,7 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
     # operator's own precision: a float32 operator's products carry 1e-7 relative error, so a
     # float64 basis would only double the traffic of the reorthogonalisation.
     dtype = getattr(op, "dtype", torch.float64)
-    basis = z.new_zeros(probes, steps, op.n, dtype=dtype)
+    basis = z.new_empty(probes, steps, op.n, dtype=dtype)  # row j is written before it is read
     alpha = z.new_zeros(probes, steps)
     beta = torch.zeros_like(alpha)
     length = torch.zeros(probes, dtype=torch.int64, device=z.device)
@@ -211,7 +211,10 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
             break
         beta[:, j] = torch.where(active, b, 0.0)
         previous = v
-        v = torch.where(active[:, None], w / b.clamp(min=torch.finfo(torch.float64).tiny)[:, None], 0.0)
+        if bool(active.all()):  # the usual step: no probe has broken down
+            v = w.div_(b[:, None])
+        else:
+            v = torch.where(active[:, None], w / b.clamp(min=torch.finfo(torch.float64).tiny)[:, None], 0.0)
     return alpha.cpu(), beta.cpu(), length.cpu(), norms2.cpu()
 
 
