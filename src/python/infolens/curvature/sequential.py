@@ -99,6 +99,7 @@ def _elementwise(module):
 
 class _Elementwise:
     reads_gradient = False
+    absorbed = False  # a max-pool after it applies its slopes (see _MaxPool.absorb)
 
     def __init__(self, derivatives):
         self.derivatives = derivatives
@@ -110,6 +111,8 @@ class _Elementwise:
         return h
 
     def tangent(self, rh, v):
+        if self.absorbed:
+            return rh
         if self.d2 is None:  # piecewise linear: R z (self.rh) is not needed again, scale it in place
             return rh.mul_(self.d1.unsqueeze(1))
         return rh * self.d1.unsqueeze(1)
@@ -120,6 +123,8 @@ class _Elementwise:
         return g * self.d1
 
     def backward(self, g, rg, v, second, need_input, acc):
+        if self.absorbed:
+            return rg
         # rg is this sweep's own temporary: scaled in place (the [B, b, ...] tangents of a
         # convolution's first layer are the largest tensors of the sweep)
         rgz = rg.mul_(self.d1.unsqueeze(1))
@@ -129,9 +134,9 @@ class _Elementwise:
 
 
 class _Reshape:
-    reads_gradient = False
-
     """Flatten, Identity, Dropout (eval): the samples' shape changes, nothing else."""
+
+    reads_gradient = False
 
     def forward(self, module, h):
         if module.training and type(module) is nn.Dropout:
@@ -277,6 +282,7 @@ class _Conv:
 
 class _MaxPool:
     reads_gradient = False
+    slopes = None  # [B, 1, C, *out]: the activation's slopes at the maxima, once absorbed
 
     def forward(self, module, h):
         if module.return_indices:
@@ -296,12 +302,22 @@ class _MaxPool:
         idx = self.index.reshape(self.index.shape[0], 1, self.index.shape[1], -1)
         return idx.expand(-1, b, -1, -1)
 
+    def absorb(self, act: _Elementwise):
+        """Take over the piecewise-linear activation just before (ReLU, LeakyReLU): selecting the
+        maxima and scaling by its slopes commute, so both tangent sweeps scale at the pooled
+        size, a quarter of the work for 2 x 2 windows, and the activation passes them on. Its
+        slopes at full size were for the gradient sweep, which is done: they are not kept."""
+        flat = act.d1.reshape(*act.d1.shape[:2], -1)
+        self.slopes = flat.gather(2, self.index.flatten(2)).reshape(self.index.shape).unsqueeze(1)
+        act.d1, act.absorbed = None, True
+
     def tangent(self, rh, v):
         if rh is None:
             return None
         b = rh.shape[1]
         flat = rh.reshape(*rh.shape[:3], -1)
-        return flat.gather(3, self._flat_index(b)).reshape(*rh.shape[:3], *self.index.shape[2:])
+        out = flat.gather(3, self._flat_index(b)).reshape(*rh.shape[:3], *self.index.shape[2:])
+        return out if self.slopes is None else out.mul_(self.slopes)
 
     def _scatter(self, t):
         """[B, b, C, *out] -> [B, b, C, *in]: each window's value back at its maximum."""
@@ -314,7 +330,7 @@ class _MaxPool:
         return self._scatter(g.unsqueeze(1)).squeeze(1)
 
     def backward(self, g, rg, v, second, need_input, acc):
-        return self._scatter(rg)
+        return self._scatter(rg if self.slopes is None else rg.mul_(self.slopes))
 
 
 class _Unsupported(NotImplementedError):
@@ -513,6 +529,9 @@ class Plan:
             grads[i - 1] = layers[i].gradient(grads[i])
         # only what the backward sweeps read stays (the block may be kept across passes)
         grads = [g if layer.reads_gradient else None for g, layer in zip(grads, layers)]
+        for act, pool in zip(layers, layers[1:]):
+            if isinstance(act, _Elementwise) and act.d2 is None and isinstance(pool, _MaxPool):
+                pool.absorb(act)
         return _Block(layers, grads, state)
 
     def _sweep(self, block: _Block, tangents, first, second, acc):
