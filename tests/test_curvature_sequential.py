@@ -303,3 +303,15 @@ def test_kept_sweeps_give_fresh_products_and_follow_every_change(case, monkeypat
     monkeypatch.setattr(sequential, "KEEP_BYTES", 1000)
     small = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)
     assert torch.equal(small(v), moved) and not small.plan.kept.entries
+
+
+def test_a_model_over_half_the_keeping_budget_keeps_nothing(monkeypatch):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    x, y = torch.randn(12, 6), torch.randint(0, 3, (12,))
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 2)
+    want = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="sequential")(v)
+    monkeypatch.setattr(sequential, "KEEP_BYTES", 2 * 4 * sum(p.numel() for p in model.parameters()) - 8)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="sequential")
+    assert torch.equal(op(v), want) and torch.equal(op(v), want)
+    assert not op.plan.kept.entries and op.plan.kept.theta is None

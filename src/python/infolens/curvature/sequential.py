@@ -583,11 +583,12 @@ class _Kept:
 
     An SLQ or Lanczos run makes tens of passes over the same data at the same parameters, and
     the forward and gradient sweeps do not depend on the columns: kept, an MLP's and a small
-    CNN's 8-column passes ran 1.15-1.2x faster on a CPU. A batch's blocks are reused only where its inputs,
-    its targets and every parameter equal copies kept beside them, compared element by element
-    (not trusted to tensor versions: a change through ``.data`` or a NumPy view keeps those), and
-    the blocking, the first moving layer and the loss's scale are unchanged; anything else is
-    recomputed. A shuffling loader's batches simply never match."""
+    CNN's 8-column passes ran 1.15-1.2x faster on a CPU. A batch's blocks are reused only where
+    its inputs, its targets and every parameter equal copies kept beside them, compared element
+    by element (not trusted to tensor versions: a change through ``.data`` or a NumPy view keeps
+    those), and the blocking, the first moving layer and the loss's scale are unchanged;
+    anything else is recomputed. A shuffling loader's batches simply never match. A model over
+    half the budget keeps nothing (its copy alone would crowd the blocks out)."""
 
     def __init__(self, params):
         self.params, self.theta = params, None
@@ -603,9 +604,9 @@ class _Kept:
         return blocks if kept_setting == setting and _same(x, kx) and _same(y, ky) else None
 
     def keep(self, batch, x, y, setting, blocks):
-        if batch is None:
-            return
         self.drop(batch)
+        if batch is None or _bytes(self.params) > KEEP_BYTES // 2:  # a large model: no copy of it
+            return
         if self.theta is None or not all(_same(p, q) for p, q in zip(self.params, self.theta)):
             self.clear()
             self.theta = [p.detach().clone() for p in self.params]
