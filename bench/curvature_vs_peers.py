@@ -45,10 +45,9 @@ Timing: each tool and task runs side by side in one process, task by task; a run
 repeated twice more and the best time kept; ``--rounds N`` runs every tool's task N times, every
 other round in reverse order, and keeps each one's best (a shared machine's speed drifts). The
 load average of the machine is printed at the start and end, since other processes can share
-it; ``--threads 1`` keeps the timings steady
-when they do (with two OpenMP threads on two shared cores, a descheduled thread stalls every
-parallel region: one double-backward pass measured 0.02 s alone and 2.8 s under load, against
-0.031 s either way with one thread). Infolens runs with its defaults
+it; ``--threads 1`` keeps the timings steady when they do (with two OpenMP threads on two
+shared cores, a descheduled thread stalls every parallel region: one double-backward pass
+measured 0.02 s alone and 2.8 s under load, against 0.031 s either way with one thread). Infolens runs with its defaults
 (``mode="auto"``, which times every way on the first batch; for these two nn.Sequential models
 it picks the layer-by-layer sweeps, ``mode="sequential"``) and once more with
 ``mode="reverse-over-reverse", chunk=1`` (autograd: one gradient graph per batch, reused for each

@@ -597,7 +597,7 @@ class _Kept:
     def find(self, batch, x, y, setting):
         if batch is None or batch not in self.entries:
             return None
-        if self.theta is None or not all(_same(p, q) for p, q in zip(self.params, self.theta)):
+        if not self._parameters_unchanged():
             self.clear()
             return None
         kx, ky, kept_setting, blocks, _ = self.entries[batch]
@@ -607,7 +607,7 @@ class _Kept:
         self.drop(batch)
         if batch is None or _bytes(self.params) > KEEP_BYTES // 2:  # a large model: no copy of it
             return
-        if self.theta is None or not all(_same(p, q) for p, q in zip(self.params, self.theta)):
+        if not self._parameters_unchanged():
             self.clear()
             self.theta = [p.detach().clone() for p in self.params]
         x_kept, y_kept = x.clone(), y.clone()  # the blocks may hold views of x itself
@@ -615,6 +615,9 @@ class _Kept:
         if self.bytes + size + _bytes(self.theta) <= KEEP_BYTES:
             self.entries[batch] = (x_kept, y_kept, setting, blocks, size)
             self.bytes += size
+
+    def _parameters_unchanged(self) -> bool:
+        return self.theta is not None and all(_same(p, q) for p, q in zip(self.params, self.theta))
 
     def drop(self, batch):
         entry = self.entries.pop(batch, None)
