@@ -302,12 +302,13 @@ def describe(task, result, reference):
 
 def run_model(name, model, loader, settings, report):
     settings = dict(settings, P=sum(p.numel() for p in model.parameters() if p.requires_grad))
-    tools = [("PyHessian 0.1", pyhessian_tool(model, loader, settings)),
-             ("curvlinops 3.0.1", curvlinops_tool(model, loader, settings)),
-             ("infolens (auto: fastest mode on the first batch)", infolens_tool(model, loader, settings)),
+    # built only when asked for: a peer that is not installed is then no obstacle
+    tools = [("PyHessian 0.1", lambda: pyhessian_tool(model, loader, settings)),
+             ("curvlinops 3.0.1", lambda: curvlinops_tool(model, loader, settings)),
+             ("infolens (auto: fastest mode on the first batch)", lambda: infolens_tool(model, loader, settings)),
              ("infolens (rev-over-rev, chunk 1)",
-              infolens_tool(model, loader, settings, mode="reverse-over-reverse", chunk=1))]
-    tools = [(tool, methods) for tool, methods in tools if tool.split()[0] in settings["tools"]]
+              lambda: infolens_tool(model, loader, settings, mode="reverse-over-reverse", chunk=1))]
+    tools = [(tool, build()) for tool, build in tools if tool.split()[0] in settings["tools"]]
     reference, converged = reference_top5(model, loader)
     print(f"\n{name}: P = {settings['P']}, N = {loader.n_samples}, {len(loader)} batches; reference top-5 "
           f"{fmt_values(reference)} (tol {REFERENCE_TOL:g}, converged {converged})", flush=True)

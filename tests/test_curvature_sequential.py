@@ -18,6 +18,21 @@ def _seeded(build, seed=0):
     return build()
 
 
+def _with_statistics(model):
+    """BatchNorm layers with running statistics and affine parameters away from their defaults
+    (mean 0, variance 1, gamma 1, beta 0 would hide a missing term)."""
+    g = torch.Generator().manual_seed(11)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.affine:
+                with torch.no_grad():
+                    m.weight.copy_(torch.randn(m.num_features, generator=g))
+                    m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
 # (name, model builder, inputs [N, ...], targets, loss): every layer type and both losses
 def _cases():
     g = torch.Generator().manual_seed(5)
@@ -50,6 +65,16 @@ def _cases():
         ("Linear over a sequence axis, mean squared error",
          lambda: nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)), seq,
          torch.randn(10, 5, 2, generator=g), nn.MSELoss()),
+        ("BatchNorm2d, average pools, BatchNorm1d without affine, mean CE",
+         lambda: _with_statistics(nn.Sequential(
+             nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.AvgPool2d(2, ceil_mode=True),
+             nn.Conv2d(3, 4, 2, padding=1), nn.BatchNorm2d(4), nn.SiLU(), nn.AdaptiveAvgPool2d((2, 1)),
+             nn.Flatten(), nn.BatchNorm1d(8, affine=False), nn.Linear(8, 4))), image, labels, nn.CrossEntropyLoss()),
+        ("BatchNorm first, Conv1d, AvgPool1d, adaptive pools over a sequence; summed squared error",
+         lambda: _with_statistics(nn.Sequential(
+             nn.BatchNorm1d(5), nn.Conv1d(5, 3, 2), nn.Sigmoid(), nn.AvgPool1d(2, stride=1, padding=1),
+             nn.AdaptiveAvgPool1d(3), nn.Flatten(), nn.Linear(9, 2))), seq,
+         torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
         ("summed squared error",
          lambda: nn.Sequential(nn.Flatten(), nn.Linear(30, 3), nn.Sigmoid(), nn.Linear(3, 2)), seq,
          torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
@@ -141,7 +166,9 @@ class Custom(nn.Linear):
 
 
 @pytest.mark.parametrize("model, loss, reason", [
-    (lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "BatchNorm1d"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)),
+     nn.CrossEntropyLoss(), "BatchNorm1d layer without running statistics"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "LayerNorm"),
     (lambda: nn.Sequential(Custom(3, 2)), nn.CrossEntropyLoss(), "Custom"),
     (lambda: nn.Linear(3, 2), nn.CrossEntropyLoss(), "not an nn.Sequential"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),
@@ -303,6 +330,26 @@ def test_kept_sweeps_give_fresh_products_and_follow_every_change(case, monkeypat
     monkeypatch.setattr(sequential, "KEEP_BYTES", 1000)
     small = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)
     assert torch.equal(small(v), moved) and not small.plan.kept.entries
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_kept_sweeps_follow_batchnorms_running_statistics():
+    # recalibrating the statistics (a forward pass in train mode) changes no parameter
+    _, build, x, y, loss = CASES[7]
+    model = _seeded(build).double().eval()
+    x = x.double()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 3)
+    op = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)
+    before = op(v)
+    params = [p.clone() for p in model.parameters()]
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+    after = op(v)
+    fresh = CurvatureOperator(model, loss, (x, y), kind="hessian", mode="sequential", batch_size=4)(v)
+    assert not torch.allclose(after, before) and torch.equal(after, fresh)
 
 
 def test_a_model_over_half_the_keeping_budget_keeps_nothing(monkeypatch):

@@ -142,21 +142,29 @@ class CurvatureOperator(linalg.Operator):
 
     # flat [P, b] <-> {name: [b, *shape]}
     def _split(self, v: torch.Tensor) -> dict:
-        cols = v.T.to(self.dtype)
-        parts = torch.split(cols, self.sizes, dim=1)
-        # contiguous once per pass, not viewed: a strided [b, *shape] block is copied again by
-        # every batch's product that flattens it
-        return {name: part.reshape(-1, *shape).contiguous()
-                for name, part, shape in zip(self.names, parts, self.shapes)}
+        # one contiguous [b, *shape] copy per parameter, converted on the way (a strided block
+        # would be copied again by every batch's product that flattens it)
+        cols = v.T
+        out, start = {}, 0
+        for name, size, shape in zip(self.names, self.sizes, self.shapes):
+            part = torch.empty(cols.shape[0], *shape, dtype=self.dtype, device=v.device)
+            part.view(cols.shape[0], size).copy_(cols[:, start:start + size])
+            out[name], start = part, start + size
+        return out
 
     def _join(self, block) -> torch.Tensor:
         """[P, b] float64 from a block held as one tensor or per parameter ({name: [b, *shape]}):
-        joined and widened as [b, P] rows (a contiguous conversion, 3x faster than widening the
-        transposed view) and returned as its transpose."""
+        each part widened into its place in [b, P] rows (a contiguous conversion, 3x faster than
+        widening the transposed view, and no joined temporary), returned as their transpose."""
         if isinstance(block, torch.Tensor):
             return block.to(torch.float64)
-        rows = torch.cat([block[name].reshape(block[name].shape[0], -1) for name in self.names], dim=1)
-        return rows.to(torch.float64).T
+        b = block[self.names[0]].shape[0]
+        rows = torch.empty(b, sum(self.sizes), dtype=torch.float64, device=block[self.names[0]].device)
+        start = 0
+        for name, size in zip(self.names, self.sizes):
+            rows[:, start:start + size].copy_(block[name].reshape(b, size))
+            start += size
+        return rows.T
 
     def _state(self):
         theta = {name: p.detach() for name, p in self.model.named_parameters() if name in self.names}

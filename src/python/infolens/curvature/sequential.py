@@ -20,11 +20,13 @@ autograd's batched double backward, and a small CNN's (in blocks, see ``Plan.pro
 than autograd's fastest, a loop over the columns.
 
 Which models: exactly these module types in a (nested) ``nn.Sequential``: Linear, Conv1d/2d/3d
-(zero padding, no groups), Flatten, MaxPool1d/2d/3d, Identity, Dropout (the operator runs in eval
-mode, where it is the identity), and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact),
-SiLU; under ``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no
-label smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered,
-and the operator then uses autograd. Subclasses are refused: their forward may differ.
+(zero padding, no groups), Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d,
+BatchNorm1d/2d/3d with running statistics and Dropout (the operator runs in eval mode, where
+the one is an affine map per channel and the other the identity), Identity, and the elementwise
+Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact), SiLU; under ``nn.CrossEntropyLoss`` (class-index
+targets, class weights and ignore_index allowed, no label smoothing, mean or sum) or
+``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered, and the operator
+then uses autograd. Subclasses are refused: their forward may differ.
 
 Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
 reused while the batch's data and the parameters are unchanged, see ``_Kept``.
@@ -129,7 +131,7 @@ class _Elementwise:
         # convolution's first layer are the largest tensors of the sweep)
         rgz = rg.mul_(self.d1.unsqueeze(1))
         if second and self.d2 is not None:
-            rgz.add_(self.rh * self.d2g)
+            rgz.addcmul_(self.rh, self.d2g)
         return rgz
 
 
@@ -333,6 +335,81 @@ class _MaxPool:
         return self._scatter(rg if self.slopes is None else rg.mul_(self.slopes))
 
 
+class _BatchNorm:
+    """BatchNorm in eval mode: on its running statistics an affine map per channel,
+    z = gamma * xhat + beta with xhat = (h - mean) * s, s = 1 / sqrt(var + eps)."""
+
+    reads_gradient = True  # backward's second-order terms read g at the output
+
+    def forward(self, module, h):
+        if module.training:
+            raise _Unsupported("BatchNorm in training mode (it couples the batch's samples)")
+        shape = (-1, *([1] * (h.ndim - 2)))  # per channel, against [B, C, ...]
+        self.s = (module.running_var + module.eps).rsqrt().to(h.dtype).reshape(shape)
+        self.xhat = (h - module.running_mean.to(h.dtype).reshape(shape)) * self.s
+        self.slope = self.s if module.weight is None else self.s * module.weight.reshape(shape)
+        return module(h)
+
+    def tangent(self, rh, v):
+        b = _columns(v, rh)
+        rz = None if rh is None else rh * self.slope
+        if "weight" in v:   # xhat V_gamma for every column
+            vh = self.xhat.unsqueeze(1) * v["weight"].reshape(1, b, *self.s.shape)
+            rz = vh if rz is None else rz.add_(vh)
+        if "bias" in v:
+            bias = v["bias"].reshape(1, b, *self.s.shape)
+            rz = bias.expand(self.xhat.shape[0], b, *self.xhat.shape[1:]).clone() if rz is None else rz.add_(bias)
+        return rz
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        axes = (0, *range(3, rg.ndim))  # the samples and the positions: per column and channel
+        if "weight" in v:
+            hw = (rg * self.xhat.unsqueeze(1)).sum(dim=axes)
+            if second and self.rh is not None:  # [R K^T] g = g R xhat = g s R h
+                hw.add_((self.rh * (g * self.s).unsqueeze(1)).sum(dim=axes))
+            acc["weight"].add_(hw)
+        if "bias" in v:
+            acc["bias"].add_(rg.sum(dim=axes))
+        if not need_input:
+            return None
+        rg_in = rg * self.slope
+        if second and "weight" in v:  # [R J^T] g = V_gamma s g for every column
+            rg_in.addcmul_((g * self.s).unsqueeze(1), v["weight"].reshape(1, rg.shape[1], *self.s.shape))
+        return rg_in
+
+    def gradient(self, g):
+        return g * self.slope
+
+
+class _AvgPool:
+    """Average pooling, fixed or adaptive: linear, so its tangents are the pooling itself and
+    its backward sweeps the pooling's adjoint (autograd's, at any point: it is the same)."""
+
+    reads_gradient = False
+
+    def forward(self, module, h):
+        self.module, self.in_shape = module, h.shape[1:]
+        return module(h)
+
+    def tangent(self, rh, v):
+        if rh is None:
+            return None
+        z = self.module(rh.reshape(-1, *rh.shape[2:]))
+        return z.reshape(*rh.shape[:2], *z.shape[1:])
+
+    def _adjoint(self, t):
+        """The adjoint of the pooling applied to t [rows, C, *out]."""
+        with torch.enable_grad():
+            point = t.new_zeros(t.shape[0], *self.in_shape, requires_grad=True)
+            return torch.autograd.grad(self.module(point), point, t)[0]
+
+    def gradient(self, g):
+        return self._adjoint(g)
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        return self._adjoint(rg.reshape(-1, *rg.shape[2:])).reshape(*rg.shape[:2], *self.in_shape)
+
+
 class _Unsupported(NotImplementedError):
     """A layer or loss met at run time that the sweeps do not cover (the operator falls back)."""
 
@@ -368,7 +445,11 @@ def _unrows(m, h, b, c):
 
 _LAYERS = {nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.Conv3d: _Conv,
            nn.MaxPool1d: _MaxPool, nn.MaxPool2d: _MaxPool, nn.MaxPool3d: _MaxPool,
+           nn.AvgPool1d: _AvgPool, nn.AvgPool2d: _AvgPool, nn.AvgPool3d: _AvgPool,
+           nn.AdaptiveAvgPool1d: _AvgPool, nn.AdaptiveAvgPool2d: _AvgPool, nn.AdaptiveAvgPool3d: _AvgPool,
+           nn.BatchNorm1d: _BatchNorm, nn.BatchNorm2d: _BatchNorm, nn.BatchNorm3d: _BatchNorm,
            nn.Flatten: _Reshape, nn.Identity: _Reshape, nn.Dropout: _Reshape}
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 # --------------------------------------------------------------------------- the losses
@@ -459,7 +540,8 @@ class Plan:
         self.modules, self.prefixes, self.loss = modules, prefixes, loss
         self.names = set(names)
         self._sized = None  # (input shape, dtype, device) -> every layer's output size, see _sizes
-        self.kept = _Kept([p for m in modules for p in m.parameters(recurse=False)])
+        # what the kept sweeps depend on besides the data: parameters and running statistics
+        self.kept = _Kept([t for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))])
 
     def product(self, theta, tangents, x, y, *, second: bool = True, chunk: int | None = None,
                 scale: float = 1.0, into: dict | None = None, batch: int | None = None) -> dict:
@@ -584,10 +666,10 @@ class _Kept:
     An SLQ or Lanczos run makes tens of passes over the same data at the same parameters, and
     the forward and gradient sweeps do not depend on the columns: kept, an MLP's and a small
     CNN's 8-column passes ran 1.15-1.2x faster on a CPU. A batch's blocks are reused only where
-    its inputs, its targets and every parameter equal copies kept beside them, compared element
-    by element (not trusted to tensor versions: a change through ``.data`` or a NumPy view keeps
-    those), and the blocking, the first moving layer and the loss's scale are unchanged;
-    anything else is recomputed. A shuffling loader's batches simply never match. A model over
+    its inputs, its targets and every parameter (and BatchNorm's running statistics) equal
+    copies kept beside them, compared element by element (not trusted to tensor versions: a
+    change through ``.data`` or a NumPy view keeps those), and the blocking, the first moving
+    layer and the loss's scale are unchanged; anything else is recomputed. A shuffling loader's batches simply never match. A model over
     half the budget keeps nothing (its copy alone would crowd the blocks out)."""
 
     def __init__(self, params):
@@ -678,7 +760,10 @@ def plan(model, loss, names) -> Plan | str:
     for module in modules:
         if _elementwise(module) is None and type(module) not in _LAYERS:
             return f"a {type(module).__name__} layer"
-        if any(True for _ in module.buffers(recurse=False)):
+        if isinstance(module, _NORMS):
+            if module.running_mean is None:  # eval mode would still normalise by the batch
+                return f"a {type(module).__name__} layer without running statistics"
+        elif any(True for _ in module.buffers(recurse=False)):
             return f"a {type(module).__name__} layer with buffers"
         prefix = index[id(module)] + "."
         for key, p in module.named_parameters(recurse=False):

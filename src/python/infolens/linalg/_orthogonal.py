@@ -31,6 +31,12 @@ def norms(x: torch.Tensor, dim: int) -> torch.Tensor:
     breakdown or a converged residual for an operator of that scale."""
     if x.shape[dim] == 0:
         return x.sum(dim=dim)  # zeros
+    plain = x.norm(dim=dim)
+    # the plain norms are exact unless a sum of squares left the normal range; the scaled
+    # recomputation makes two temporaries of x's size (page faults on a CPU) and is rarely needed
+    safe = torch.finfo(x.dtype).tiny ** 0.5 / torch.finfo(x.dtype).eps
+    if bool(((plain > safe) & (plain < 1 / safe)).all()):
+        return plain
     top = x.abs().amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
     return (x / top).norm(dim=dim) * top.squeeze(dim)
 

@@ -184,13 +184,16 @@ def _lanczos(op, u: torch.Tensor, z: torch.Tensor, steps: int, scale: float):
     length = torch.zeros(probes, dtype=torch.int64, device=z.device)
     previous = torch.zeros_like(v)
     watch = _Orthogonality(probes, steps, torch.finfo(dtype).eps)
+    # the step's elementwise work in place and in one scratch block: on a CPU each fresh
+    # temporary of the block's size costs its page faults, more than the arithmetic on it
+    scratch = torch.empty_like(v)
     for j in range(steps):
         basis[:, j] = v
         w = op(v.T).T.contiguous()
         if j:
-            w -= beta[:, j - 1, None] * previous
-        a = (v * w).sum(dim=1)
-        w -= a[:, None] * v
+            w.addcmul_(beta[:, j - 1, None], previous, value=-1)
+        a = torch.mul(v, w, out=scratch).sum(dim=1)
+        w.addcmul_(a[:, None], v, value=-1)
         alpha[:, j] = a
         w = project_out(w.T, u).T.contiguous()  # against U (CGS2: U is small, every step)
         b = norms(w, dim=1)
