@@ -19,17 +19,17 @@ def _seeded(build, seed=0):
 
 
 def _with_statistics(model):
-    """BatchNorm layers with running statistics and affine parameters away from their defaults
+    """BatchNorm's running statistics and the norms' affine parameters away from their defaults
     (mean 0, variance 1, gamma 1, beta 0 would hide a missing term)."""
     g = torch.Generator().manual_seed(11)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g))
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if m.affine:
-                with torch.no_grad():
-                    m.weight.copy_(torch.randn(m.num_features, generator=g))
-                    m.bias.copy_(torch.randn(m.num_features, generator=g))
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g))
     return model
 
 
@@ -75,6 +75,14 @@ def _cases():
              nn.BatchNorm1d(5), nn.Conv1d(5, 3, 2), nn.Sigmoid(), nn.AvgPool1d(2, stride=1, padding=1),
              nn.AdaptiveAvgPool1d(3), nn.Flatten(), nn.Linear(9, 2))), seq,
          torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
+        ("LayerNorm over one axis and over two (no bias), a sequence; mean squared error",
+         lambda: _with_statistics(nn.Sequential(
+             nn.Linear(6, 4), nn.LayerNorm(4), nn.Tanh(), nn.LayerNorm((5, 4), bias=False), nn.Linear(4, 2))),
+         seq, torch.randn(10, 5, 2, generator=g), nn.MSELoss()),
+        ("LayerNorm first, without affine parameters, then one with them; mean CE",
+         lambda: _with_statistics(nn.Sequential(
+             nn.Flatten(), nn.LayerNorm(36, elementwise_affine=False), nn.Linear(36, 5), nn.GELU(), nn.LayerNorm(5),
+             nn.Linear(5, 4))), image, labels, nn.CrossEntropyLoss()),
         ("summed squared error",
          lambda: nn.Sequential(nn.Flatten(), nn.Linear(30, 3), nn.Sigmoid(), nn.Linear(3, 2)), seq,
          torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
@@ -168,7 +176,7 @@ class Custom(nn.Linear):
 @pytest.mark.parametrize("model, loss, reason", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)),
      nn.CrossEntropyLoss(), "BatchNorm1d layer without running statistics"),
-    (lambda: nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "LayerNorm"),
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.GroupNorm(2, 4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "GroupNorm"),
     (lambda: nn.Sequential(Custom(3, 2)), nn.CrossEntropyLoss(), "Custom"),
     (lambda: nn.Linear(3, 2), nn.CrossEntropyLoss(), "not an nn.Sequential"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),

@@ -22,11 +22,11 @@ than autograd's fastest, a loop over the columns.
 Which models: exactly these module types in a (nested) ``nn.Sequential``: Linear, Conv1d/2d/3d
 (zero padding, no groups), Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d,
 BatchNorm1d/2d/3d with running statistics and Dropout (the operator runs in eval mode, where
-the one is an affine map per channel and the other the identity), Identity, and the elementwise
-Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact), SiLU; under ``nn.CrossEntropyLoss`` (class-index
-targets, class weights and ignore_index allowed, no label smoothing, mean or sum) or
-``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered, and the operator
-then uses autograd. Subclasses are refused: their forward may differ.
+the one is an affine map per channel and the other the identity), LayerNorm, Identity, and the
+elementwise Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact), SiLU; under ``nn.CrossEntropyLoss``
+(class-index targets, class weights and ignore_index allowed, no label smoothing, mean or sum)
+or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered, and the
+operator then uses autograd. Subclasses are refused: their forward may differ.
 
 Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
 reused while the batch's data and the parameters are unchanged, see ``_Kept``.
@@ -381,6 +381,80 @@ class _BatchNorm:
         return g * self.slope
 
 
+class _LayerNorm:
+    """LayerNorm over the last k axes: z = gamma * xhat + beta, xhat = (h - mean) s with
+    s = 1 / sqrt(var + eps) per sample (and position). Its Jacobian J = s (I - 11^T/n - xhat
+    xhat^T/n) is symmetric, and its second derivative, the change of J^T a along a tangent u,
+    is -s (m_u J^T a + m_a J u + xhat mean(a J u)) with m_u = mean(xhat u), m_a = mean(xhat a)
+    (n: the normalised size; a = gamma g, the gradient reaching xhat)."""
+
+    reads_gradient = True
+
+    def forward(self, module, h):
+        self.module = module
+        self.axes = tuple(range(-len(module.normalized_shape), 0))
+        mean = h.mean(self.axes, keepdim=True)
+        self.s = (h.var(self.axes, unbiased=False, keepdim=True) + module.eps).rsqrt()
+        self.xhat = (h - mean) * self.s
+        return module(h)
+
+    def _jacobian(self, u):
+        """J u for tangents u [B, b, ...]."""
+        xhat, s = self.xhat.unsqueeze(1), self.s.unsqueeze(1)
+        return s * (u - u.mean(self.axes, keepdim=True) - xhat * (xhat * u).mean(self.axes, keepdim=True))
+
+    def _scaled(self, t):
+        return t if self.module.weight is None else t * self.module.weight
+
+    def _per_column(self, t, b):
+        """A parameter's tangent [b, *shape] against tangents [B, b, ..., *shape]."""
+        return t.reshape(1, b, *([1] * (self.xhat.ndim - 1 - len(self.axes))), *t.shape[1:])
+
+    def tangent(self, rh, v):
+        b = _columns(v, rh)
+        rz = None if rh is None else self._scaled(self._jacobian(rh))
+        if "weight" in v:
+            vh = self.xhat.unsqueeze(1) * self._per_column(v["weight"], b)
+            rz = vh if rz is None else rz.add_(vh)
+        if "bias" in v:
+            bias = self._per_column(v["bias"], b)
+            rz = bias.expand(self.xhat.shape[0], b, *self.xhat.shape[1:]).clone() if rz is None else rz.add_(bias)
+        return rz
+
+    def gradient(self, g):
+        a = self._scaled(g)
+        self.grad_in = self._jacobian(a.unsqueeze(1)).squeeze(1)  # kept: the second-order term reads it
+        self.m_a = (self.xhat * a).mean(self.axes, keepdim=True)
+        return self.grad_in
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        b = rg.shape[1]
+        sums = (0, *range(2, rg.ndim - len(self.axes)))  # all but the columns and the normalised axes
+        moving = second and self.rh is not None
+        rxhat = self._jacobian(self.rh) if moving else None
+        if "weight" in v:
+            hw = (rg * self.xhat.unsqueeze(1)).sum(sums)
+            if moving:  # [R K^T] g = g R xhat
+                hw.add_((rxhat * g.unsqueeze(1)).sum(sums))
+            acc["weight"].add_(hw)
+        if "bias" in v:
+            acc["bias"].add_(rg.sum(sums))
+        if not need_input:
+            return None
+        t = self._scaled(rg)
+        if second and "weight" in v:  # R gamma = V_gamma: J^T (V_gamma g)
+            t = t + g.unsqueeze(1) * self._per_column(v["weight"], b)
+        rg_in = self._jacobian(t)
+        if moving:
+            xhat, s = self.xhat.unsqueeze(1), self.s.unsqueeze(1)
+            a = self._scaled(g).unsqueeze(1)
+            m_u = (xhat * self.rh).mean(self.axes, keepdim=True)
+            second_order = (m_u * self.grad_in.unsqueeze(1) + self.m_a.unsqueeze(1) * rxhat
+                            + xhat * (a * rxhat).mean(self.axes, keepdim=True))
+            rg_in.sub_(s * second_order)
+        return rg_in
+
+
 class _AvgPool:
     """Average pooling, fixed or adaptive: linear, so its tangents are the pooling itself and
     its backward sweeps the pooling's adjoint (autograd's, at any point: it is the same)."""
@@ -448,6 +522,7 @@ _LAYERS = {nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.Conv3d: _C
            nn.AvgPool1d: _AvgPool, nn.AvgPool2d: _AvgPool, nn.AvgPool3d: _AvgPool,
            nn.AdaptiveAvgPool1d: _AvgPool, nn.AdaptiveAvgPool2d: _AvgPool, nn.AdaptiveAvgPool3d: _AvgPool,
            nn.BatchNorm1d: _BatchNorm, nn.BatchNorm2d: _BatchNorm, nn.BatchNorm3d: _BatchNorm,
+           nn.LayerNorm: _LayerNorm,
            nn.Flatten: _Reshape, nn.Identity: _Reshape, nn.Dropout: _Reshape}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
