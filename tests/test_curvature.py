@@ -89,7 +89,8 @@ def dense_references(model, x, y, loss):
         return functional_call(model, unflat(v), (inputs,))
 
     # double backward, vectorised: torch.func's hessian (jacfwd or jacrev over jacrev) of a
-    # LayerNorm model comes out wrong and asymmetric in torch 2.13 (test_curvature_sequential.py)
+    # LayerNorm model comes out wrong and asymmetric in torch 2.13, for either loss (infolens's
+    # own modes, jvp of grad and batched double backward, agree with this one there)
     h = torch.autograd.functional.hessian(lambda v: loss(outputs(v), y), flat, vectorize=True)
     j = jacrev(outputs)(flat).reshape(-1, flat.numel())                      # [N * C, P]
     out = outputs(flat).detach()
