@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from infolens import linalg
@@ -31,6 +32,54 @@ def _with_statistics(model):
                 for p in m.parameters():
                     p.copy_(torch.randn(p.shape, generator=g))
     return model
+
+
+class Residual(nn.Module):
+    """A small ResNet, traced by torch.fx: residual sums (one through a strided projection),
+    batch norm, activations as functions and as tensor methods, a view by the batch's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.block1 = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                                    nn.Conv2d(3, 3, 3, padding=1))
+        self.project = nn.Conv2d(3, 4, 1, stride=2)
+        self.block2 = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1))
+        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        h = torch.tanh(h + self.block1(h))
+        h = (self.project(h) + self.block2(h)).sigmoid()
+        h = self.pool(h)
+        return self.head(h.view(h.size(0), -1))
+
+
+class SkipMLP(nn.Module):
+    """Skip connections over an MLP: each hidden state read by two calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.norm, self.out = nn.Linear(36, 6), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = F.gelu(self.a(torch.flatten(x, 1)))
+        h = h + F.silu(self.b(h))
+        h = h + self.norm(h)
+        return self.out(h)
+
+
+class TwoPools(nn.Module):
+    """A ReLU read by a max-pool and by an average pool (the max-pool must not take it over)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(1, 2, 3, padding=1), nn.ReLU()
+        self.max, self.mean, self.head = nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Linear(18, 4)
+
+    def forward(self, x):
+        a = self.act(self.conv(x))
+        return self.head(torch.flatten(self.max(a) + self.mean(a), 1))
 
 
 # (name, model builder, inputs [N, ...], targets, loss): every layer type and both losses
@@ -86,6 +135,10 @@ def _cases():
         ("summed squared error",
          lambda: nn.Sequential(nn.Flatten(), nn.Linear(30, 3), nn.Sigmoid(), nn.Linear(3, 2)), seq,
          torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
+        ("residual CNN, traced; mean CE", lambda: _with_statistics(Residual()), image, labels, nn.CrossEntropyLoss()),
+        ("MLP with skips and LayerNorm, traced; summed CE", SkipMLP, image, labels,
+         nn.CrossEntropyLoss(reduction="sum")),
+        ("a ReLU read by two pools, traced; mean CE", TwoPools, image, labels, nn.CrossEntropyLoss()),
     ]
 
 
@@ -173,12 +226,67 @@ class Custom(nn.Linear):
     pass
 
 
+class Direct(nn.Module):
+    """Reads its parameter itself: no layer the sweeps know."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+class InPlaceShared(nn.Module):
+    """An in-place ReLU of a tensor read again after it: the traced graph would not say so."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        a = self.fc(x)
+        return a + F.relu(a, inplace=True)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x, scale=None):
+        return self.fc(x)
+
+
+class Broadcast(nn.Module):
+    """A sum that broadcasts [B, 2] against [B, 1]: known only once shapes are seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class Doubled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) * 2
+
+
 @pytest.mark.parametrize("model, loss, reason", [
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2)),
      nn.CrossEntropyLoss(), "BatchNorm1d layer without running statistics"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.GroupNorm(2, 4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "GroupNorm"),
     (lambda: nn.Sequential(Custom(3, 2)), nn.CrossEntropyLoss(), "Custom"),
-    (lambda: nn.Linear(3, 2), nn.CrossEntropyLoss(), "not an nn.Sequential"),
+    (Direct, nn.CrossEntropyLoss(), "a parameter or buffer read directly (w)"),
+    (Doubled, nn.CrossEntropyLoss(), "a call of mul"),
+    (InPlaceShared, nn.CrossEntropyLoss(), "an in-place relu of a tensor read elsewhere"),
+    (TwoInputs, nn.CrossEntropyLoss(), "more than one input"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.BCEWithLogitsLoss(), "BCEWithLogitsLoss"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.MSELoss(reduction="none"), "reduction='none'"),
@@ -210,6 +318,17 @@ def test_targets_the_sweeps_do_not_cover_fall_back_at_run_time():
     forced = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="sequential")
     with pytest.raises(NotImplementedError, match="class-index targets"):
         forced(torch.randn(op.n, 2, dtype=torch.float64))
+
+
+def test_a_broadcasting_sum_falls_back_at_run_time():
+    model = Broadcast().eval()
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    assert isinstance(sequential.plan(model, nn.CrossEntropyLoss(), ["a.weight"]), sequential.Plan)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian")
+    v = torch.randn(op.n, 2, dtype=torch.float64)
+    truth = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="reverse-over-reverse")(v)
+    assert torch.allclose(op(v), truth, atol=1e-6 * float(truth.abs().max()))
+    assert op.mode != "sequential" and "broadcasting" in op.mode_note
 
 
 @pytest.mark.parametrize("kind, mode", [("hessian", "generic"), ("ggn", "forward-over-reverse"),

@@ -20,8 +20,9 @@ Conventions:
   (sum of per-sample gradient outer products / N).
 * ``mode``: how a batch's product is computed. For the Hessian, "forward-over-reverse",
   "reverse-over-reverse" and "finite-difference" (autograd, ``products.py``) or "sequential" (the
-  layer-by-layer sweeps of ``sequential.py``, for an ``nn.Sequential`` of common layers under
-  cross-entropy or squared error); for the GGN and Fisher, "generic" (autograd) or "sequential".
+  layer-by-layer sweeps of ``sequential.py``, for an ``nn.Sequential`` or torch.fx-traceable
+  graph of common layers, residual sums included, under cross-entropy or squared error); for
+  the GGN and Fisher, "generic" (autograd) or "sequential".
   "auto" times every one that applies on the first batch (reverse-over-reverse also column by
   column) and keeps the fastest; the sequential sweeps must also agree with autograd's product
   there, or they are not used (``op.mode_note`` says which won, or why the sweeps were not used).

@@ -1,4 +1,4 @@
-"""Hessian and Gauss-Newton products of an ``nn.Sequential`` model, layer by layer, for b columns.
+"""Hessian and Gauss-Newton products of a model, layer by layer, for b columns.
 
 For a chain of layers h_l = f_l(h_{l-1}; theta_l) under a loss L(h_last, y), Pearlmutter's R-op
 writes the exact curvature product out as four sweeps (R{.} is the directional derivative along
@@ -19,14 +19,21 @@ of b times the outputs. On a CPU this ran an MLP's 8-column Hessian product 1.3-
 autograd's batched double backward, and a small CNN's (in blocks, see ``Plan.product``) 1.4x faster
 than autograd's fastest, a loop over the columns.
 
-Which models: exactly these module types in a (nested) ``nn.Sequential``: Linear, Conv1d/2d/3d
-(zero padding, no groups), Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d,
-BatchNorm1d/2d/3d with running statistics and Dropout (the operator runs in eval mode, where
-the one is an affine map per channel and the other the identity), LayerNorm, Identity, and the
-elementwise Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact), SiLU; under ``nn.CrossEntropyLoss``
-(class-index targets, class weights and ignore_index allowed, no label smoothing, mean or sum)
-or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered, and the
-operator then uses autograd. Subclasses are refused: their forward may differ.
+Beyond chains: a model is a graph of calls (``graph.py``: an ``nn.Sequential``, or any module
+torch.fx can trace), in which a tensor may be read by several calls and two tensors may be
+summed (a residual connection). The sweeps then run in the graph's order: a sum adds its
+inputs' tangents and hands R g back to both; where calls read the same tensor, their gradients
+and R g add up at it.
+
+Which calls: these module types (``layers.py``): Linear, Conv1d/2d/3d (zero padding, no groups),
+Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d, BatchNorm1d/2d/3d with
+running statistics and Dropout (the operator runs in eval mode, where the one is an affine map
+per channel and the other the identity), LayerNorm, Identity, and the elementwise Tanh, Sigmoid,
+ReLU, LeakyReLU, GELU (exact), SiLU (as modules or as functions); views, reshapes and flattens;
+sums of two tensors of one shape; under ``nn.CrossEntropyLoss`` (class-index targets, class
+weights and ignore_index allowed, no label smoothing, mean or sum) or ``nn.MSELoss`` (mean or
+sum). ``plan`` says why anything else is not covered, and the operator then uses autograd.
+Subclasses of these modules are refused: their forward may differ.
 
 Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
 reused while the batch's data and the parameters are unchanged, see ``_Kept``.
@@ -34,497 +41,12 @@ reused while the batch's data and the parameters are unchanged, see ``_Kept``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn import grad as conv_grad
 
-
-# --------------------------------------------------------------------------- elementwise layers
-# (first derivative, second derivative) of h = s(z), from z and h
-
-def _tanh(z, h):
-    d1 = 1 - h * h
-    return d1, -2 * h * d1
-
-
-def _sigmoid(z, h):
-    d1 = h * (1 - h)
-    return d1, d1 * (1 - 2 * h)
-
-
-def _relu(z, h):
-    return (z > 0).to(z.dtype), None
-
-
-def _gelu(z, h):
-    phi = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * phi, phi * (2 - z * z)
-
-
-def _silu(z, h):
-    s = torch.sigmoid(z)
-    d1 = s * (1 + z * (1 - s))
-    return d1, s * (1 - s) * (2 + z * (1 - 2 * s))
-
-
-def _leaky(slope):
-    def derivatives(z, h):
-        # built in z's dtype: a float32 constant 0.1 is off by 1e-9 in float64
-        return (z > 0).to(z.dtype) * (1 - slope) + slope, None
-    return derivatives
-
-
-def _elementwise(module):
-    kind = type(module)
-    if kind is nn.Tanh:
-        return _tanh
-    if kind is nn.Sigmoid:
-        return _sigmoid
-    if kind is nn.ReLU:
-        return _relu
-    if kind is nn.GELU and module.approximate == "none":
-        return _gelu
-    if kind is nn.SiLU:
-        return _silu
-    if kind is nn.LeakyReLU:
-        return _leaky(module.negative_slope)
-    return None
-
-
-# --------------------------------------------------------------------------- the layers' sweeps
-# Each layer object keeps what its forward computed and answers the three other sweeps. Tangents
-# are [B, b, ...]; ``v`` is the layer's dict of weight tangents {"weight": [b, *shape], ...} (only
-# the selected parameters), ``first`` marks a layer whose input is the data (R h_in = 0).
-
-class _Elementwise:
-    reads_gradient = False
-    absorbed = False  # a max-pool after it applies its slopes (see _MaxPool.absorb)
-
-    def __init__(self, derivatives):
-        self.derivatives = derivatives
-
-    def forward(self, module, h):
-        z = h
-        h = module(z.clone() if getattr(module, "inplace", False) else z)  # z is needed below
-        self.d1, self.d2 = self.derivatives(z, h)
-        return h
-
-    def tangent(self, rh, v):
-        if self.absorbed:
-            return rh
-        if self.d2 is None:  # piecewise linear: R z (self.rh) is not needed again, scale it in place
-            return rh.mul_(self.d1.unsqueeze(1))
-        return rh * self.d1.unsqueeze(1)
-
-    def gradient(self, g):
-        if self.d2 is not None:  # kept for every block of columns: [R J^T] g = s''(z) g R z
-            self.d2g = (self.d2 * g).unsqueeze(1)
-        return g * self.d1
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        if self.absorbed:
-            return rg
-        # rg is this sweep's own temporary: scaled in place (the [B, b, ...] tangents of a
-        # convolution's first layer are the largest tensors of the sweep)
-        rgz = rg.mul_(self.d1.unsqueeze(1))
-        if second and self.d2 is not None:
-            rgz.addcmul_(self.rh, self.d2g)
-        return rgz
-
-
-class _Reshape:
-    """Flatten, Identity, Dropout (eval): the samples' shape changes, nothing else."""
-
-    reads_gradient = False
-
-    def forward(self, module, h):
-        if module.training and type(module) is nn.Dropout:
-            raise _Unsupported("Dropout in training mode (random: not a curvature)")
-        out = module(h)
-        if out.shape[0] != h.shape[0]:
-            raise _Unsupported("a Flatten over the samples' axis")
-        self.in_shape, self.out_shape = h.shape[1:], out.shape[1:]
-        return out
-
-    def tangent(self, rh, v):
-        return rh.reshape(*rh.shape[:2], *self.out_shape)
-
-    def gradient(self, g):
-        return g.reshape(g.shape[0], *self.in_shape)
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        return rg.reshape(*rg.shape[:2], *self.in_shape)
-
-
-class _Linear:
-    reads_gradient = True  # backward's second-order terms read g at the output
-
-    def forward(self, module, h):
-        self.module, self.h = module, h
-        return module(h)
-
-    def tangent(self, rh, v):
-        w, h = self.module.weight, self.h
-        b, out = _columns(v, rh), w.shape[0]
-        rz = None
-        if rh is not None:  # W R h, all columns in one product over [B * b * ..., in]
-            rz = (rh.reshape(-1, w.shape[1]) @ w.T).reshape(*rh.shape[:-1], out)
-        if "weight" in v:   # V_j h for every column j: h @ [b * out, in]^T
-            rz = _add_product(rz, h.reshape(-1, w.shape[1]), v["weight"].reshape(b * out, -1).T, h, b, out)
-        if "bias" in v:
-            bias = v["bias"].reshape(1, b, *([1] * (h.ndim - 2)), out)
-            rz = bias.expand(h.shape[0], b, *h.shape[1:-1], out).clone() if rz is None else rz.add_(bias)
-        return rz
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        w, h = self.module.weight, self.h
-        out, cin = w.shape
-        b = rg.shape[1]
-        rg_rows = _rows(rg)                            # [rows, b * out]
-        if "weight" in v:
-            # K^T R g: the sum over samples of R g_j h^T, all j as one [b * out, in] product,
-            # accumulated in place (a fresh weight-sized result costs its page faults per batch)
-            hw = acc["weight"]
-            if hw.is_contiguous():
-                hw.view(b * out, cin).addmm_(rg_rows.T, h.reshape(-1, cin))
-            else:
-                hw.add_((rg_rows.T @ h.reshape(-1, cin)).reshape(b, out, cin))
-            if second and self.rh is not None:         # [R K^T] g = g (R h_j)^T
-                extra = g.reshape(-1, out).T @ _rows(self.rh)
-                hw.add_(extra.reshape(out, b, cin).transpose(0, 1))
-        if "bias" in v:
-            acc["bias"].add_(rg_rows.sum(dim=0).reshape(b, out))
-        if not need_input:
-            return None
-        rg_in = (rg.reshape(-1, out) @ w).reshape(*rg.shape[:-1], cin)
-        if second and "weight" in v:                   # [R J^T] g = V_j^T g for every column
-            vt = v["weight"].transpose(0, 1).reshape(out, b * cin)
-            rg_in = _add_product(rg_in, g.reshape(-1, out), vt, h, b, cin)
-        return rg_in
-
-    def gradient(self, g):
-        return g @ self.module.weight
-
-
-class _Conv:
-    reads_gradient = True  # backward's second-order terms read g at the output
-
-    def forward(self, module, h):
-        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise _Unsupported("convolutions with groups, string padding or non-zero padding modes")
-        self.module, self.h = module, h
-        self.dims = h.ndim - 2
-        self.conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
-        out = module(h)
-        self.out_shape = out.shape[1:]
-        return out
-
-    def _apply(self, x, weight, bias=None):
-        m = self.module
-        return self.conv(x, weight, bias, m.stride, m.padding, m.dilation)
-
-    def tangent(self, rh, v):
-        w = self.module.weight
-        b, out = _columns(v, rh), w.shape[0]
-        rz = None
-        if rh is not None:  # W * R h over [B * b, C_in, ...]
-            z = self._apply(rh.reshape(-1, *rh.shape[2:]), w)
-            rz = z.reshape(rh.shape[0], b, *z.shape[1:])
-        bias = v["bias"].reshape(b * out) if "bias" in v else None
-        if "weight" in v:   # V_j * h (+ the bias tangent) for every j: one convolution, b * C_out outputs
-            z = self._apply(self.h, v["weight"].reshape(b * out, *w.shape[1:]), bias)
-            vh = z.reshape(z.shape[0], b, out, *z.shape[2:])
-            rz = vh if rz is None else rz.add_(vh)
-        elif bias is not None:
-            bias = bias.reshape(1, b, out, *([1] * self.dims))
-            rz = bias.expand(self.h.shape[0], b, *self.out_shape).clone() if rz is None else rz.add_(bias)
-        return rz
-
-    def _weight_grad(self, x, weight_shape, g):
-        m = self.module
-        fn = (conv_grad.conv1d_weight, conv_grad.conv2d_weight, conv_grad.conv3d_weight)[self.dims - 1]
-        return fn(x, weight_shape, g, m.stride, m.padding, m.dilation)
-
-    def _input_grad(self, shape, weight, g):
-        m = self.module
-        fn = (conv_grad.conv1d_input, conv_grad.conv2d_input, conv_grad.conv3d_input)[self.dims - 1]
-        return fn(shape, weight, g, m.stride, m.padding, m.dilation)
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        w = self.module.weight
-        h = self.h
-        big, b, out, cin = h.shape[0], rg.shape[1], w.shape[0], w.shape[1]
-        spatial = w.shape[2:]
-        if "weight" in v:
-            # K^T R g: the weight gradient of h against b * C_out output channels at once
-            hw = self._weight_grad(h, (b * out, cin, *spatial), rg.reshape(big, b * out, *rg.shape[3:]))
-            acc["weight"].add_(hw.reshape(b, *w.shape))
-            if second and self.rh is not None:  # [R K^T] g: R h_j's channels against g
-                rh = self.rh.reshape(big, b * cin, *self.rh.shape[3:])
-                extra = self._weight_grad(rh, (out, b * cin, *spatial), g)
-                acc["weight"].add_(extra.reshape(out, b, cin, *spatial).transpose(0, 1))
-        if "bias" in v:
-            acc["bias"].add_(rg.sum(dim=(0, *range(3, rg.ndim))))
-        if not need_input:
-            return None
-        rg_in = self._input_grad((big * b, *h.shape[1:]), w, rg.reshape(big * b, *rg.shape[2:]))
-        rg_in = rg_in.reshape(big, b, *h.shape[1:])
-        if second and "weight" in v:  # [R J^T] g = V_j^T * g, all j as b * C_in input channels
-            vt = v["weight"].transpose(0, 1).reshape(out, b * cin, *spatial)
-            extra = self._input_grad((big, b * cin, *h.shape[2:]), vt, g)
-            rg_in = rg_in.add_(extra.reshape(big, b, *h.shape[1:]))
-        return rg_in
-
-    def gradient(self, g):
-        return self._input_grad(self.h.shape, self.module.weight, g)
-
-
-class _MaxPool:
-    reads_gradient = False
-    slopes = None  # [B, 1, C, *out]: the activation's slopes at the maxima, once absorbed
-
-    def forward(self, module, h):
-        if module.return_indices:
-            raise _Unsupported("MaxPool with return_indices")
-        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[h.ndim - 2]
-        src = h
-        if h.ndim == 4 and h.device.type == "cpu":
-            # the CPU's channels-last kernel is 2-4x faster, with the same maxima and indices
-            src = h.contiguous(memory_format=torch.channels_last)
-        out, index = pool(src, module.kernel_size, module.stride, module.padding, module.dilation,
-                          ceil_mode=module.ceil_mode, return_indices=True)
-        self.index = index.contiguous()
-        self.in_shape = h.shape
-        return out.contiguous()
-
-    def _flat_index(self, b):
-        idx = self.index.reshape(self.index.shape[0], 1, self.index.shape[1], -1)
-        return idx.expand(-1, b, -1, -1)
-
-    def absorb(self, act: _Elementwise):
-        """Take over the piecewise-linear activation just before (ReLU, LeakyReLU): selecting the
-        maxima and scaling by its slopes commute, so both tangent sweeps scale at the pooled
-        size, a quarter of the work for 2 x 2 windows, and the activation passes them on. Its
-        slopes at full size were for the gradient sweep, which is done: they are not kept."""
-        flat = act.d1.reshape(*act.d1.shape[:2], -1)
-        self.slopes = flat.gather(2, self.index.flatten(2)).reshape(self.index.shape).unsqueeze(1)
-        act.d1, act.absorbed = None, True
-
-    def tangent(self, rh, v):
-        if rh is None:
-            return None
-        b = rh.shape[1]
-        flat = rh.reshape(*rh.shape[:3], -1)
-        out = flat.gather(3, self._flat_index(b)).reshape(*rh.shape[:3], *self.index.shape[2:])
-        return out if self.slopes is None else out.mul_(self.slopes)
-
-    def _scatter(self, t):
-        """[B, b, C, *out] -> [B, b, C, *in]: each window's value back at its maximum."""
-        big, b, channels = t.shape[:3]
-        full = t.new_zeros(big, b, channels, math.prod(self.in_shape[2:]))
-        full.scatter_add_(3, self._flat_index(b), t.reshape(big, b, channels, -1))
-        return full.reshape(big, b, *self.in_shape[1:])
-
-    def gradient(self, g):
-        return self._scatter(g.unsqueeze(1)).squeeze(1)
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        return self._scatter(rg if self.slopes is None else rg.mul_(self.slopes))
-
-
-class _BatchNorm:
-    """BatchNorm in eval mode: on its running statistics an affine map per channel,
-    z = gamma * xhat + beta with xhat = (h - mean) * s, s = 1 / sqrt(var + eps)."""
-
-    reads_gradient = True  # backward's second-order terms read g at the output
-
-    def forward(self, module, h):
-        if module.training:
-            raise _Unsupported("BatchNorm in training mode (it couples the batch's samples)")
-        shape = (-1, *([1] * (h.ndim - 2)))  # per channel, against [B, C, ...]
-        self.s = (module.running_var + module.eps).rsqrt().to(h.dtype).reshape(shape)
-        self.xhat = (h - module.running_mean.to(h.dtype).reshape(shape)) * self.s
-        self.slope = self.s if module.weight is None else self.s * module.weight.reshape(shape)
-        return module(h)
-
-    def tangent(self, rh, v):
-        b = _columns(v, rh)
-        rz = None if rh is None else rh * self.slope
-        if "weight" in v:   # xhat V_gamma for every column
-            vh = self.xhat.unsqueeze(1) * v["weight"].reshape(1, b, *self.s.shape)
-            rz = vh if rz is None else rz.add_(vh)
-        if "bias" in v:
-            bias = v["bias"].reshape(1, b, *self.s.shape)
-            rz = bias.expand(self.xhat.shape[0], b, *self.xhat.shape[1:]).clone() if rz is None else rz.add_(bias)
-        return rz
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        axes = (0, *range(3, rg.ndim))  # the samples and the positions: per column and channel
-        if "weight" in v:
-            hw = (rg * self.xhat.unsqueeze(1)).sum(dim=axes)
-            if second and self.rh is not None:  # [R K^T] g = g R xhat = g s R h
-                hw.add_((self.rh * (g * self.s).unsqueeze(1)).sum(dim=axes))
-            acc["weight"].add_(hw)
-        if "bias" in v:
-            acc["bias"].add_(rg.sum(dim=axes))
-        if not need_input:
-            return None
-        rg_in = rg * self.slope
-        if second and "weight" in v:  # [R J^T] g = V_gamma s g for every column
-            rg_in.addcmul_((g * self.s).unsqueeze(1), v["weight"].reshape(1, rg.shape[1], *self.s.shape))
-        return rg_in
-
-    def gradient(self, g):
-        return g * self.slope
-
-
-class _LayerNorm:
-    """LayerNorm over the last k axes: z = gamma * xhat + beta, xhat = (h - mean) s with
-    s = 1 / sqrt(var + eps) per sample (and position). Its Jacobian J = s (I - 11^T/n - xhat
-    xhat^T/n) is symmetric, and its second derivative, the change of J^T a along a tangent u,
-    is -s (m_u J^T a + m_a J u + xhat mean(a J u)) with m_u = mean(xhat u), m_a = mean(xhat a)
-    (n: the normalised size; a = gamma g, the gradient reaching xhat)."""
-
-    reads_gradient = True
-
-    def forward(self, module, h):
-        self.module = module
-        self.axes = tuple(range(-len(module.normalized_shape), 0))
-        mean = h.mean(self.axes, keepdim=True)
-        self.s = (h.var(self.axes, unbiased=False, keepdim=True) + module.eps).rsqrt()
-        self.xhat = (h - mean) * self.s
-        return module(h)
-
-    def _jacobian(self, u):
-        """J u for tangents u [B, b, ...]."""
-        xhat, s = self.xhat.unsqueeze(1), self.s.unsqueeze(1)
-        return s * (u - u.mean(self.axes, keepdim=True) - xhat * (xhat * u).mean(self.axes, keepdim=True))
-
-    def _scaled(self, t):
-        return t if self.module.weight is None else t * self.module.weight
-
-    def _per_column(self, t, b):
-        """A parameter's tangent [b, *shape] against tangents [B, b, ..., *shape]."""
-        return t.reshape(1, b, *([1] * (self.xhat.ndim - 1 - len(self.axes))), *t.shape[1:])
-
-    def tangent(self, rh, v):
-        b = _columns(v, rh)
-        rz = None if rh is None else self._scaled(self._jacobian(rh))
-        if "weight" in v:
-            vh = self.xhat.unsqueeze(1) * self._per_column(v["weight"], b)
-            rz = vh if rz is None else rz.add_(vh)
-        if "bias" in v:
-            bias = self._per_column(v["bias"], b)
-            rz = bias.expand(self.xhat.shape[0], b, *self.xhat.shape[1:]).clone() if rz is None else rz.add_(bias)
-        return rz
-
-    def gradient(self, g):
-        a = self._scaled(g)
-        self.grad_in = self._jacobian(a.unsqueeze(1)).squeeze(1)  # kept: the second-order term reads it
-        self.m_a = (self.xhat * a).mean(self.axes, keepdim=True)
-        return self.grad_in
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        b = rg.shape[1]
-        sums = (0, *range(2, rg.ndim - len(self.axes)))  # all but the columns and the normalised axes
-        moving = second and self.rh is not None
-        rxhat = self._jacobian(self.rh) if moving else None
-        if "weight" in v:
-            hw = (rg * self.xhat.unsqueeze(1)).sum(sums)
-            if moving:  # [R K^T] g = g R xhat
-                hw.add_((rxhat * g.unsqueeze(1)).sum(sums))
-            acc["weight"].add_(hw)
-        if "bias" in v:
-            acc["bias"].add_(rg.sum(sums))
-        if not need_input:
-            return None
-        t = self._scaled(rg)
-        if second and "weight" in v:  # R gamma = V_gamma: J^T (V_gamma g)
-            t = t + g.unsqueeze(1) * self._per_column(v["weight"], b)
-        rg_in = self._jacobian(t)
-        if moving:
-            xhat, s = self.xhat.unsqueeze(1), self.s.unsqueeze(1)
-            a = self._scaled(g).unsqueeze(1)
-            m_u = (xhat * self.rh).mean(self.axes, keepdim=True)
-            second_order = (m_u * self.grad_in.unsqueeze(1) + self.m_a.unsqueeze(1) * rxhat
-                            + xhat * (a * rxhat).mean(self.axes, keepdim=True))
-            rg_in.sub_(s * second_order)
-        return rg_in
-
-
-class _AvgPool:
-    """Average pooling, fixed or adaptive: linear, so its tangents are the pooling itself and
-    its backward sweeps the pooling's adjoint (autograd's, at any point: it is the same)."""
-
-    reads_gradient = False
-
-    def forward(self, module, h):
-        self.module, self.in_shape = module, h.shape[1:]
-        return module(h)
-
-    def tangent(self, rh, v):
-        if rh is None:
-            return None
-        z = self.module(rh.reshape(-1, *rh.shape[2:]))
-        return z.reshape(*rh.shape[:2], *z.shape[1:])
-
-    def _adjoint(self, t):
-        """The adjoint of the pooling applied to t [rows, C, *out]."""
-        with torch.enable_grad():
-            point = t.new_zeros(t.shape[0], *self.in_shape, requires_grad=True)
-            return torch.autograd.grad(self.module(point), point, t)[0]
-
-    def gradient(self, g):
-        return self._adjoint(g)
-
-    def backward(self, g, rg, v, second, need_input, acc):
-        return self._adjoint(rg.reshape(-1, *rg.shape[2:])).reshape(*rg.shape[:2], *self.in_shape)
-
-
-class _Unsupported(NotImplementedError):
-    """A layer or loss met at run time that the sweeps do not cover (the operator falls back)."""
-
-
-def _columns(v, rh) -> int:
-    return rh.shape[1] if rh is not None else next(iter(v.values())).shape[0]
-
-
-def _rows(t):
-    """[B, b, ..., c] -> [B * ..., b * c]: a linear layer's rows (samples and any extra axes)
-    against the columns' features; a free view when there are no extra axes."""
-    if t.ndim > 3:
-        t = t.movedim(1, -2)
-    return t.reshape(-1, t.shape[-2] * t.shape[-1])
-
-
-def _add_product(target, a, m, h, b, c):
-    """target + _unrows(a @ m): accumulated in place by addmm where the layouts agree (no extra
-    temporary: on a CPU, each fresh [B, b, c] block costs its page faults)."""
-    if target is None:
-        return _unrows(a @ m, h, b, c)
-    if h.ndim == 2 and target.is_contiguous():
-        target.view(h.shape[0], b * c).addmm_(a, m)
-        return target
-    return target.add_(_unrows(a @ m, h, b, c))
-
-
-def _unrows(m, h, b, c):
-    """The inverse of ``_rows`` for a product m [rows, b * c] over the rows of h [B, ..., in]."""
-    z = m.reshape(*h.shape[:-1], b, c)
-    return z if h.ndim == 2 else z.movedim(-2, 1)
-
-
-_LAYERS = {nn.Linear: _Linear, nn.Conv1d: _Conv, nn.Conv2d: _Conv, nn.Conv3d: _Conv,
-           nn.MaxPool1d: _MaxPool, nn.MaxPool2d: _MaxPool, nn.MaxPool3d: _MaxPool,
-           nn.AvgPool1d: _AvgPool, nn.AvgPool2d: _AvgPool, nn.AvgPool3d: _AvgPool,
-           nn.AdaptiveAvgPool1d: _AvgPool, nn.AdaptiveAvgPool2d: _AvgPool, nn.AdaptiveAvgPool3d: _AvgPool,
-           nn.BatchNorm1d: _BatchNorm, nn.BatchNorm2d: _BatchNorm, nn.BatchNorm3d: _BatchNorm,
-           nn.LayerNorm: _LayerNorm,
-           nn.Flatten: _Reshape, nn.Identity: _Reshape, nn.Dropout: _Reshape}
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from . import graph
+from .layers import LAYERS, NORMS, Elementwise, MaxPool, Unsupported, elementwise, layer_for
 
 
 # --------------------------------------------------------------------------- the losses
@@ -545,7 +67,7 @@ class _Loss:
         if self.kind == "mse":
             return y.shape[0] * outputs
         if y.is_floating_point():
-            raise _Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
+            raise Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
         keep = y != self.ignore_index
         if self.classes is not None:  # a weighted mean: over the kept targets' class weights
             return float(self.classes.to(y.device)[y[keep]].sum()) or 1.0
@@ -555,11 +77,11 @@ class _Loss:
         """(g, state): the gradient at the outputs z, and what ``product`` needs of this block."""
         if self.kind == "mse":
             if y.shape != z.shape:
-                raise _Unsupported("MSELoss with targets of another shape than the outputs (broadcasting)")
+                raise Unsupported("MSELoss with targets of another shape than the outputs (broadcasting)")
             scale = 2.0 / terms
             return scale * (z - y), scale
         if z.ndim != 2 or y.ndim != 1 or y.dtype not in (torch.int64, torch.int32):
-            raise _Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
+            raise Unsupported("CrossEntropyLoss other than [B, C] logits and class-index targets")
         p = torch.softmax(z, dim=1)
         keep = y != self.ignore_index
         share = keep.to(z.dtype)
@@ -600,21 +122,23 @@ def _loss_of(loss) -> _Loss | str:
 
 # --------------------------------------------------------------------------- the plan
 
-def _flat(model):
-    if type(model) is nn.Sequential:
-        for child in model:
-            yield from _flat(child)  # iterating, not children(): a layer used twice appears twice
-    else:
-        yield model
-
-
 class Plan:
-    """A model and loss the sweeps cover: the layers in order, with their parameters' names."""
+    """A model and loss the sweeps cover: the graph of its calls (``graph.Node``, in an order
+    where every input comes first, the output last), with their parameters' names."""
 
-    def __init__(self, modules, prefixes, loss: _Loss, names):
-        self.modules, self.prefixes, self.loss = modules, prefixes, loss
+    def __init__(self, nodes, loss: _Loss, names):
+        self.nodes, self.loss = nodes, loss
         self.names = set(names)
-        self._sized = None  # (input shape, dtype, device) -> every layer's output size, see _sizes
+        # how many calls read each node's tensor: a tangent read twice is copied for all but the
+        # last reader (a layer may scale its input's tangent in place)
+        self.readers = [0] * len(nodes)
+        for node in nodes:
+            if node.kind != "value":
+                for j in node.inputs:
+                    if j >= 0:
+                        self.readers[j] += 1
+        self._sized = None  # (input shape, dtype, device) -> every node's output size, see _sizes
+        modules = [n.module for n in nodes if n.module is not None]
         # what the kept sweeps depend on besides the data: parameters and running statistics
         self.kept = _Kept([t for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))])
 
@@ -637,86 +161,149 @@ class Plan:
         are small and run whole."""
         b = next(iter(tangents.values())).shape[0]
         sizes = self._sizes(x)
-        first = self._first_moving(tangents)
-        # tangents exist from the first moving layer's output on (the input's R h is zero)
-        cols, rows = _blocks(b, x.shape[0], max(sizes[first:]) * x.element_size())
+        upstream = self._moving(tangents)
+        # tangents exist only downstream of a selected parameter (the input's R h is zero)
+        widest = max((size for size, m in zip(sizes, upstream) if m), default=1)
+        cols, rows = _blocks(b, x.shape[0], widest * x.element_size())
         cols = cols if chunk is None else max(1, min(cols, int(chunk)))
         out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
         with torch.no_grad():
-            setting = (rows, first, scale)
+            setting = (rows, upstream, scale)
             blocks = self.kept.find(batch, x, y, setting)
             if blocks is None:
                 # the loss's divisor over the scale: every product is linear in the loss
                 terms = self.loss.terms(y, sizes[-1]) / scale
-                blocks = [self._forward(x[r:r + rows], y[r:r + rows], terms, first)
+                blocks = [self._forward(x[r:r + rows], y[r:r + rows], terms, upstream)
                           for r in range(0, x.shape[0], rows)]
                 self.kept.keep(batch, x, y, setting, blocks)
             for block in blocks:  # the forward and gradient sweeps of a block of rows serve all its columns
                 for c in range(0, b, cols):
                     part = {k: t[c:c + cols] for k, t in tangents.items()}
                     acc = {k: t[c:c + cols] for k, t in out.items()}
-                    self._sweep(block, part, first, second, acc)
+                    self._sweep(block, part, upstream, second, acc)
         return out
 
     def _sizes(self, x) -> list[int]:
-        """Every layer's output, in elements per sample, from one sample's forward pass (kept
-        per input shape)."""
+        """Every node's output, in elements per sample (0 for a size), from one sample's forward
+        pass (kept per input shape)."""
         key = (tuple(x.shape[1:]), x.dtype, x.device)
         if self._sized is None or self._sized[0] != key:
-            h, sizes = x[:1], []
             with torch.no_grad():
-                for module in self.modules:
-                    h = module(h)
-                    sizes.append(h[0].numel())
+                values = self._values(x[:1])
+            sizes = [v[0].numel() if isinstance(v, torch.Tensor) else 0 for v in values[:-1]]
             self._sized = (key, sizes)
         return self._sized[1]
 
-    def _forward(self, x, y, terms, first) -> _Block:
-        """The forward sweep and the loss's gradient, carried back to every layer's output from the
-        last down to the first that moves."""
-        layers = []
-        h = x
-        for module in self.modules:
-            layer = _layer(module)
-            h = layer.forward(module, h)
-            layers.append(layer)
-        grads = [None] * len(layers)
-        grads[-1], state = self.loss.gradient(h, y, terms)
-        for i in range(len(layers) - 1, first, -1):
-            grads[i - 1] = layers[i].gradient(grads[i])
+    def _values(self, x) -> list:
+        """The plain forward pass: every node's value, the input's last (index -1)."""
+        values = [None] * len(self.nodes) + [x]
+        for i, node in enumerate(self.nodes):
+            h = values[node.inputs[0]]
+            if node.kind == "add":
+                values[i] = h + values[node.inputs[1]]
+            elif node.kind == "value":
+                values[i] = node.fn(h, *node.args)
+            else:
+                values[i] = node.call(values)(h)
+        return values
+
+    def _moving(self, tangents) -> tuple:
+        """Per node: whether a selected parameter lies at or before it. Then its output has a
+        tangent, and its backward sweep has a parameter to reach."""
+        moving = []
+        for node in self.nodes:
+            own = node.module is not None and bool(self._tangents(node, tangents))
+            moving.append(node.kind != "value" and (own or any(moving[j] for j in node.inputs if j >= 0)))
+        return tuple(moving)
+
+    def _forward(self, x, y, terms, upstream) -> _Block:
+        """The forward sweep and the loss's gradient, carried back to every node's output that
+        leads back to a moving parameter."""
+        nodes = self.nodes
+        layers, values = [None] * len(nodes), [None] * len(nodes) + [x]
+        for i, node in enumerate(nodes):
+            h = values[node.inputs[0]]
+            if node.kind == "add":
+                if h.shape != values[node.inputs[1]].shape:
+                    raise Unsupported("a sum of tensors of different shapes (broadcasting)")
+                layers[i], values[i] = _Add(), h + values[node.inputs[1]]
+            elif node.kind == "value":
+                values[i] = node.fn(h, *node.args)
+            else:
+                module = node.call(values)
+                layers[i] = layer_for(module)
+                values[i] = layers[i].forward(module, h)
+        grads = [None] * len(nodes)
+        grads[-1], state = self.loss.gradient(values[-2], y, terms)
+        for i in range(len(nodes) - 1, -1, -1):
+            if grads[i] is None or not upstream[i] or nodes[i].kind == "value":
+                continue
+            for j in nodes[i].inputs:
+                if j >= 0 and upstream[j]:
+                    g = grads[i] if nodes[i].kind == "add" else layers[i].gradient(grads[i])
+                    grads[j] = g if grads[j] is None else grads[j] + g
         # only what the backward sweeps read stays (the block may be kept across passes)
-        grads = [g if layer.reads_gradient else None for g, layer in zip(grads, layers)]
-        for act, pool in zip(layers, layers[1:]):
-            if isinstance(act, _Elementwise) and act.d2 is None and isinstance(pool, _MaxPool):
+        grads = [g if layer is not None and layer.reads_gradient else None for g, layer in zip(grads, layers)]
+        for node, pool in zip(nodes, layers):
+            act = layers[node.inputs[0]] if isinstance(pool, MaxPool) and node.inputs[0] >= 0 else None
+            if isinstance(act, Elementwise) and act.d2 is None and self.readers[node.inputs[0]] == 1:
                 pool.absorb(act)
         return _Block(layers, grads, state)
 
-    def _sweep(self, block: _Block, tangents, first, second, acc):
+    def _sweep(self, block: _Block, tangents, upstream, second, acc):
         """One block of columns' R-forward, loss and backward sweeps, its products added into ``acc``."""
-        layers, grads = block.layers, block.grads
-        rh = None
-        for layer, module, prefix in zip(layers, self.modules, self.prefixes):
-            v = self._tangents(module, prefix, tangents)
-            layer.rh = rh
-            rh = layer.tangent(rh, v) if (rh is not None or v) else None
-        if rh is not None:  # else no selected parameter moves the output: the product is zero
-            rg = self.loss.product(rh, block.state)
-            for i in range(len(layers) - 1, first - 1, -1):
-                module, prefix, layer = self.modules[i], self.prefixes[i], layers[i]
-                v = self._tangents(module, prefix, tangents)
-                rg = layer.backward(grads[i], rg, v, second, i > first, self._tangents(module, prefix, acc))
+        nodes, layers, grads = self.nodes, block.layers, block.grads
+        rh, unread = [None] * len(nodes), list(self.readers)
+
+        def read(j):  # node j's tangent, for one reader to own
+            if j < 0 or rh[j] is None:
+                return None
+            unread[j] -= 1
+            return rh[j] if unread[j] == 0 else rh[j].clone()
+
+        for i, node in enumerate(nodes):
+            if node.kind == "add":
+                a, b = (read(j) for j in node.inputs)
+                rh[i] = b if a is None else (a if b is None else a.add_(b))
+            elif node.kind == "layer":
+                v = self._tangents(node, tangents)
+                r = layers[i].rh = read(node.inputs[0])
+                rh[i] = layers[i].tangent(r, v) if (r is not None or v) else None
+        if rh[-1] is not None:  # else no selected parameter moves the output: the product is zero
+            rg = [None] * len(nodes)
+            rg[-1] = self.loss.product(rh[-1], block.state)
+            for i in range(len(nodes) - 1, -1, -1):
+                node, out = nodes[i], rg[i]
+                if out is None or not upstream[i]:
+                    continue
+                rg[i] = None
+                if node.kind == "add":
+                    ins = [j for j in node.inputs if j >= 0 and upstream[j]]
+                    given = [out] + [out.clone() for _ in ins[1:]]  # each input's sweep owns its R g
+                else:
+                    j = node.inputs[0]
+                    need = j >= 0 and upstream[j]
+                    back = layers[i].backward(grads[i], out, self._tangents(node, tangents), second, need,
+                                              self._tangents(node, acc))
+                    ins, given = ([j], [back]) if need else ([], [])
+                for j, t in zip(ins, given):
+                    rg[j] = t if rg[j] is None else rg[j] + t
         for layer in layers:  # the block may be kept: not these columns' tangents with it
-            layer.rh = None
+            if layer is not None:
+                layer.rh = None
 
-    def _tangents(self, module, prefix, tangents) -> dict:
-        return {key: tangents[prefix + key] for key, _ in module.named_parameters(recurse=False)
-                if prefix + key in self.names}
+    def _tangents(self, node, tangents) -> dict:
+        if node.module is None:
+            return {}
+        return {key: tangents[node.prefix + key] for key, _ in node.module.named_parameters(recurse=False)
+                if node.prefix + key in self.names}
 
-    def _first_moving(self, tangents) -> int:
-        for i, (module, prefix) in enumerate(zip(self.modules, self.prefixes)):
-            if self._tangents(module, prefix, tangents):
-                return i
-        return len(self.modules) - 1
+
+class _Add:
+    """The sum of two tensors (a residual connection): the sweeps add and pass on."""
+
+    reads_gradient = False
+    rh = None
 
 
 class _Block:
@@ -728,7 +315,8 @@ class _Block:
         self.layers, self.grads, self.state = layers, grads, state
 
     def tensors(self):
-        for item in (*(t for layer in self.layers for t in vars(layer).values()), *self.grads, self.state):
+        layers = [layer for layer in self.layers if layer is not None]  # none for a size
+        for item in (*(t for layer in layers for t in vars(layer).values()), *self.grads, self.state):
             yield from (item if isinstance(item, tuple) else (item,))
 
 
@@ -812,38 +400,31 @@ def _blocks(b: int, rows: int, sample_bytes: int) -> tuple[int, int]:
     return cols, min(rows, max(MIN_ROWS, BLOCK_BYTES // (cols * sample_bytes)))
 
 
-def _layer(module):
-    fn = _elementwise(module)
-    if fn is not None:
-        return _Elementwise(fn)
-    return _LAYERS[type(module)]()
-
-
 def plan(model, loss, names) -> Plan | str:
     """A ``Plan`` for the model and loss, or a line saying why the sweeps do not cover them."""
     covered = _loss_of(loss)
     if isinstance(covered, str):
         return covered
-    if type(model) is not nn.Sequential:
-        return f"the model is a {type(model).__name__}, not an nn.Sequential"
-    modules = list(_flat(model))
+    simple = type(model) is nn.Sequential or type(model) in LAYERS or elementwise(model) is not None
+    nodes = graph.chain(model) if simple else graph.traced(model)
+    if isinstance(nodes, str):
+        return nodes
+    modules = [n.module for n in nodes if n.module is not None]
     if len({id(m) for m in modules}) < len(modules):
         return "a layer used twice"
-    index = {id(m): name for name, m in model.named_modules()}
     named = dict(model.named_parameters())
-    prefixes = []
-    for module in modules:
-        if _elementwise(module) is None and type(module) not in _LAYERS:
+    for node in nodes:
+        module = node.module
+        if module is None:
+            continue
+        if elementwise(module) is None and type(module) not in LAYERS:
             return f"a {type(module).__name__} layer"
-        if isinstance(module, _NORMS):
+        if isinstance(module, NORMS):
             if module.running_mean is None:  # eval mode would still normalise by the batch
                 return f"a {type(module).__name__} layer without running statistics"
         elif any(True for _ in module.buffers(recurse=False)):
             return f"a {type(module).__name__} layer with buffers"
-        prefix = index[id(module)] + "."
         for key, p in module.named_parameters(recurse=False):
-            if named.get(prefix + key) is not p:
+            if named.get(node.prefix + key) is not p:
                 return "parameters shared between layers"
-        prefixes.append(prefix)
-    return Plan(modules, prefixes, covered, names)
-
+    return Plan(nodes, covered, names)

@@ -1,0 +1,167 @@
+"""The model as a graph of calls the layer-by-layer sweeps know (see ``sequential.py``).
+
+An ``nn.Sequential`` (nested or not) is a chain of its layers. Any other module is traced by
+torch.fx: the layers it calls become nodes, and so do the few functions the sweeps know
+(activations, flattening and reshaping, the sum of two tensors, as in a residual block, and the
+sizes a reshape reads). Anything else in the graph (another function, a parameter read
+directly, a second input) is named in the reason the sweeps give for not covering the model.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Arg:
+    """Another node's value inside a call's arguments (a size, for a reshape)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+class Node:
+    """One call: ``kind`` "layer" (a module, or a function applied to one tensor: ``fn``),
+    "add" (the sum of two tensors) or "value" (a size or shape, read by a reshape).
+    ``inputs``: node indices, -1 for the model's input."""
+
+    def __init__(self, kind: str, inputs: tuple, module=None, prefix: str = "", fn=None, args=()):
+        self.kind, self.inputs = kind, inputs
+        self.module, self.prefix = module, prefix
+        self.fn, self.args = fn, args
+
+    def call(self, values):
+        """What the layer applies to its input, with any node-valued arguments filled in."""
+        if self.fn is None:
+            return self.module
+        args = tuple(values[a.index] if isinstance(a, Arg) else a for a in self.args)
+        return lambda h: self.fn(h, *args)
+
+
+# sizes a reshape may read: x.size(d), x.shape and its items
+_VALUES = {"size": lambda h, *a: h.size(*a), operator.getitem: lambda h, k: h[k]}
+
+
+def _shape(h, _):
+    return h.shape
+
+
+def _reshape(method):
+    return lambda h, *shape: getattr(h, method)(*shape)
+
+
+# functions (and tensor methods) that stand for a module the sweeps know: (module, its args)
+_ACTIVATIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, torch.tanh: nn.Tanh, F.tanh: nn.Tanh,
+                "tanh": nn.Tanh, torch.sigmoid: nn.Sigmoid, F.sigmoid: nn.Sigmoid, "sigmoid": nn.Sigmoid,
+                F.silu: nn.SiLU}
+
+
+def _function_module(target, args, kwargs):
+    """The module a traced function call stands for, or None."""
+    if target in _ACTIVATIONS and not args and not {k for k in kwargs if k != "inplace"}:
+        return _ACTIVATIONS[target]()
+    if target is F.gelu and not args and set(kwargs) <= {"approximate"}:
+        return nn.GELU(kwargs.get("approximate", "none"))
+    if target is F.leaky_relu and len(args) <= 1 and set(kwargs) <= {"negative_slope", "inplace"}:
+        return nn.LeakyReLU(args[0] if args else kwargs.get("negative_slope", 0.01))
+    if target in (torch.flatten, "flatten") and all(isinstance(a, int) for a in (*args, *kwargs.values())):
+        names = ("start_dim", "end_dim")
+        dims = {**dict(zip(names, args)), **kwargs}
+        return nn.Flatten(dims.get("start_dim", 0), dims.get("end_dim", -1))
+    return None
+
+
+def chain(model) -> list[Node]:
+    """An nn.Sequential's layers (or a lone layer), in order, each reading the one before."""
+    modules = list(_flat(model))
+    index = {id(m): name for name, m in model.named_modules()}
+    return [Node("layer", (i - 1,), module=m, prefix=_prefix(index[id(m)])) for i, m in enumerate(modules)]
+
+
+def traced(model) -> list[Node] | str:
+    """The module's graph by torch.fx, its output the last node; or why it cannot be had."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # fx raises many kinds: any failure means no graph
+        return f"the model could not be traced by torch.fx ({type(exc).__name__}: {exc})"
+    nodes, index, output = [], {}, None
+    modules = dict(model.named_modules())
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            if index:
+                return "a model with more than one input"
+            index[n] = -1
+            continue
+        if n.op == "output":
+            output = n.args[0]
+            break
+        if n.op == "get_attr":
+            return f"a parameter or buffer read directly ({n.target})"
+        node = _node(n, index, modules, nodes)
+        if isinstance(node, str):
+            return node
+        index[n] = len(nodes)
+        nodes.append(node)
+    if not isinstance(output, torch.fx.Node) or index.get(output, -1) != len(nodes) - 1:
+        return "a model whose output is not its last call's tensor"
+    return nodes
+
+
+def _node(n, index, modules, nodes) -> Node | str:
+    target = n.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+    if not n.args or not isinstance(n.args[0], torch.fx.Node):
+        return f"a call of {name}"
+    first, rest = index[n.args[0]], n.args[1:]
+    is_tensor = first < 0 or nodes[first].kind != "value"
+    if n.op == "call_module":
+        if rest or n.kwargs or not is_tensor:
+            return f"a call of {target} with other arguments than one tensor"
+        return Node("layer", (first,), module=modules[target], prefix=_prefix(target))
+    if target in (operator.add, torch.add) and len(rest) == 1 and isinstance(rest[0], torch.fx.Node) and not n.kwargs:
+        second = index[rest[0]]
+        if is_tensor and (second < 0 or nodes[second].kind != "value"):
+            return Node("add", (first, second))
+        return f"a call of {name} on sizes"
+    values = _VALUES.get(target) or (_shape if target is getattr and rest == ("shape",) else None)
+    if values is not None:
+        if target is operator.getitem and is_tensor:
+            return "an indexed tensor"
+        if _computed(rest):
+            return f"a call of {name} with a computed argument"
+        return Node("value", (first,), fn=values, args=rest)
+    if not is_tensor:
+        return f"a call of {name} on sizes"
+    if target in ("view", "reshape") and not n.kwargs:
+        if _computed(a for a in rest if not isinstance(a, torch.fx.Node)):
+            return f"a {target} by a computed shape"
+        args = tuple(Arg(index[a]) if isinstance(a, torch.fx.Node) else a for a in rest)
+        return Node("layer", (first,), fn=_reshape(target), args=args)
+    module = _function_module(target, rest, dict(n.kwargs))
+    if module is None:
+        return f"a call of {name}"
+    if n.kwargs.get("inplace") and len(n.args[0].users) > 1:
+        return f"an in-place {name} of a tensor read elsewhere"
+    return Node("layer", (first,), module=module)
+
+
+def _computed(args) -> bool:
+    """Whether a traced value hides in the arguments (at any depth)."""
+    found = []
+    torch.fx.node.map_arg(tuple(args), lambda a: found.append(a))
+    return bool(found)
+
+
+def _flat(model):
+    if type(model) is nn.Sequential:
+        for child in model:
+            yield from _flat(child)  # iterating, not children(): a layer used twice appears twice
+    else:
+        yield model
+
+
+def _prefix(name: str) -> str:
+    return name + "." if name else ""
