@@ -194,17 +194,26 @@ class Plan:
             self._sized = (key, sizes)
         return self._sized[1]
 
-    def _values(self, x) -> list:
-        """The plain forward pass: every node's value, the input's last (index -1)."""
+    def _values(self, x, layers=None) -> list:
+        """The forward pass: every node's value, the input's last (index -1); through the
+        layers' forward sweeps where ``layers`` (a list per node) is given to hold them."""
         values = [None] * len(self.nodes) + [x]
         for i, node in enumerate(self.nodes):
             h = values[node.inputs[0]]
             if node.kind == "add":
+                if h.shape != values[node.inputs[1]].shape:
+                    raise Unsupported("a sum of tensors of different shapes (broadcasting)")
                 values[i] = h + values[node.inputs[1]]
+                if layers is not None:
+                    layers[i] = _Add()
             elif node.kind == "value":
                 values[i] = node.fn(h, *node.args)
-            else:
+            elif layers is None:
                 values[i] = node.call(values)(h)
+            else:
+                module = node.call(values)
+                layers[i] = layer_for(module)
+                values[i] = layers[i].forward(module, h)
         return values
 
     def _moving(self, tangents) -> tuple:
@@ -220,19 +229,8 @@ class Plan:
         """The forward sweep and the loss's gradient, carried back to every node's output that
         leads back to a moving parameter."""
         nodes = self.nodes
-        layers, values = [None] * len(nodes), [None] * len(nodes) + [x]
-        for i, node in enumerate(nodes):
-            h = values[node.inputs[0]]
-            if node.kind == "add":
-                if h.shape != values[node.inputs[1]].shape:
-                    raise Unsupported("a sum of tensors of different shapes (broadcasting)")
-                layers[i], values[i] = _Add(), h + values[node.inputs[1]]
-            elif node.kind == "value":
-                values[i] = node.fn(h, *node.args)
-            else:
-                module = node.call(values)
-                layers[i] = layer_for(module)
-                values[i] = layers[i].forward(module, h)
+        layers = [None] * len(nodes)
+        values = self._values(x, layers)
         grads = [None] * len(nodes)
         grads[-1], state = self.loss.gradient(values[-2], y, terms)
         for i in range(len(nodes) - 1, -1, -1):
