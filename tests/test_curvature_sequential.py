@@ -320,6 +320,20 @@ def test_targets_the_sweeps_do_not_cover_fall_back_at_run_time():
         forced(torch.randn(op.n, 2, dtype=torch.float64))
 
 
+def test_any_failure_of_the_sweeps_leaves_auto_to_autograd(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise TypeError("an unforeseen graph")
+
+    monkeypatch.setattr(sequential.Plan, "product", broken)
+    model = SkipMLP().eval()
+    x, y = torch.randn(6, 1, 6, 6), torch.randint(0, 4, (6,))
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian")
+    v = torch.randn(op.n, 2, dtype=torch.float64)
+    truth = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode="reverse-over-reverse")(v)
+    assert torch.allclose(op(v), truth, atol=1e-6 * float(truth.abs().max()))
+    assert op.mode != "sequential" and "sequential: an unforeseen graph" in op.mode_note
+
+
 def test_a_broadcasting_sum_falls_back_at_run_time():
     model = Broadcast().eval()
     x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))

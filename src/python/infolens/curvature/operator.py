@@ -221,8 +221,10 @@ class CurvatureOperator(linalg.Operator):
                 start = self._clock()
                 out = ways[name](columns)
                 seconds = self._clock() - start
-            except (RuntimeError, NotImplementedError) as exc:
-                if _out_of_memory(exc):
+            except Exception as exc:
+                # the sweeps are only a faster way: whatever stops them, autograd remains
+                if _out_of_memory(exc) or not (name == "sequential" or isinstance(exc, (RuntimeError,
+                                                                                     NotImplementedError))):
                     raise
                 errors.append(f"{name}: {exc}")
                 continue
