@@ -53,7 +53,7 @@ def _reshape(method):
     return lambda h, *shape: getattr(h, method)(*shape)
 
 
-# functions (and tensor methods) that stand for a module the sweeps know: (module, its args)
+# activation functions (and tensor methods) by the module class each stands for
 _ACTIVATIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, torch.tanh: nn.Tanh, F.tanh: nn.Tanh,
                 "tanh": nn.Tanh, torch.sigmoid: nn.Sigmoid, F.sigmoid: nn.Sigmoid, "sigmoid": nn.Sigmoid,
                 F.silu: nn.SiLU}

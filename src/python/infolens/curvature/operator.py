@@ -145,12 +145,10 @@ class CurvatureOperator(linalg.Operator):
     def _split(self, v: torch.Tensor) -> dict:
         # one contiguous [b, *shape] copy per parameter, converted on the way (a strided block
         # would be copied again by every batch's product that flattens it)
-        cols = v.T
-        out, start = {}, 0
-        for name, size, shape in zip(self.names, self.sizes, self.shapes):
-            part = torch.empty(cols.shape[0], *shape, dtype=self.dtype, device=v.device)
-            part.view(cols.shape[0], size).copy_(cols[:, start:start + size])
-            out[name], start = part, start + size
+        out = {}
+        for name, shape, cols in zip(self.names, self.shapes, torch.split(v.T, self.sizes, dim=1)):
+            out[name] = torch.empty(cols.shape[0], *shape, dtype=self.dtype, device=v.device)
+            out[name].view(cols.shape[0], -1).copy_(cols)
         return out
 
     def _join(self, block) -> torch.Tensor:
@@ -159,12 +157,10 @@ class CurvatureOperator(linalg.Operator):
         widening the transposed view, and no joined temporary), returned as their transpose."""
         if isinstance(block, torch.Tensor):
             return block.to(torch.float64)
-        b = block[self.names[0]].shape[0]
-        rows = torch.empty(b, sum(self.sizes), dtype=torch.float64, device=block[self.names[0]].device)
-        start = 0
-        for name, size in zip(self.names, self.sizes):
-            rows[:, start:start + size].copy_(block[name].reshape(b, size))
-            start += size
+        first = block[self.names[0]]
+        rows = torch.empty(first.shape[0], self.n, dtype=torch.float64, device=first.device)
+        for name, place in zip(self.names, torch.split(rows, self.sizes, dim=1)):
+            place.copy_(block[name].reshape(place.shape))
         return rows.T
 
     def _state(self):
@@ -222,9 +218,10 @@ class CurvatureOperator(linalg.Operator):
                 out = ways[name](columns)
                 seconds = self._clock() - start
             except Exception as exc:
-                # the sweeps are only a faster way: whatever stops them, autograd remains
-                if _out_of_memory(exc) or not (name == "sequential" or isinstance(exc, (RuntimeError,
-                                                                                     NotImplementedError))):
+                # an op autograd lacks rules out its way; the sweeps are only a faster way, and
+                # whatever stops them, autograd remains
+                expected = name == "sequential" or isinstance(exc, (RuntimeError, NotImplementedError))
+                if _out_of_memory(exc) or not expected:
                     raise
                 errors.append(f"{name}: {exc}")
                 continue

@@ -161,26 +161,26 @@ class Plan:
         are small and run whole."""
         b = next(iter(tangents.values())).shape[0]
         sizes = self._sizes(x)
-        upstream = self._moving(tangents)
+        moving = self._moving(tangents)
         # tangents exist only downstream of a selected parameter (the input's R h is zero)
-        widest = max((size for size, m in zip(sizes, upstream) if m), default=1)
+        widest = max((size for size, m in zip(sizes, moving) if m), default=1)
         cols, rows = _blocks(b, x.shape[0], widest * x.element_size())
         cols = cols if chunk is None else max(1, min(cols, int(chunk)))
         out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
         with torch.no_grad():
-            setting = (rows, upstream, scale)
+            setting = (rows, moving, scale)
             blocks = self.kept.find(batch, x, y, setting)
             if blocks is None:
                 # the loss's divisor over the scale: every product is linear in the loss
                 terms = self.loss.terms(y, sizes[-1]) / scale
-                blocks = [self._forward(x[r:r + rows], y[r:r + rows], terms, upstream)
+                blocks = [self._forward(x[r:r + rows], y[r:r + rows], terms, moving)
                           for r in range(0, x.shape[0], rows)]
                 self.kept.keep(batch, x, y, setting, blocks)
             for block in blocks:  # the forward and gradient sweeps of a block of rows serve all its columns
                 for c in range(0, b, cols):
                     part = {k: t[c:c + cols] for k, t in tangents.items()}
                     acc = {k: t[c:c + cols] for k, t in out.items()}
-                    self._sweep(block, part, upstream, second, acc)
+                    self._sweep(block, part, moving, second, acc)
         return out
 
     def _sizes(self, x) -> list[int]:
@@ -225,7 +225,7 @@ class Plan:
             moving.append(node.kind != "value" and (own or any(moving[j] for j in node.inputs if j >= 0)))
         return tuple(moving)
 
-    def _forward(self, x, y, terms, upstream) -> _Block:
+    def _forward(self, x, y, terms, moving) -> _Block:
         """The forward sweep and the loss's gradient, carried back to every node's output that
         leads back to a moving parameter."""
         nodes = self.nodes
@@ -234,10 +234,10 @@ class Plan:
         grads = [None] * len(nodes)
         grads[-1], state = self.loss.gradient(values[-2], y, terms)
         for i in range(len(nodes) - 1, -1, -1):
-            if grads[i] is None or not upstream[i] or nodes[i].kind == "value":
+            if grads[i] is None or not moving[i]:  # (a size never moves)
                 continue
             for j in nodes[i].inputs:
-                if j >= 0 and upstream[j]:
+                if j >= 0 and moving[j]:
                     g = grads[i] if nodes[i].kind == "add" else layers[i].gradient(grads[i])
                     grads[j] = g if grads[j] is None else grads[j] + g
         # only what the backward sweeps read stays (the block may be kept across passes)
@@ -248,7 +248,7 @@ class Plan:
                 pool.absorb(act)
         return _Block(layers, grads, state)
 
-    def _sweep(self, block: _Block, tangents, upstream, second, acc):
+    def _sweep(self, block: _Block, tangents, moving, second, acc):
         """One block of columns' R-forward, loss and backward sweeps, its products added into ``acc``."""
         nodes, layers, grads = self.nodes, block.layers, block.grads
         rh, unread = [None] * len(nodes), list(self.readers)
@@ -272,15 +272,15 @@ class Plan:
             rg[-1] = self.loss.product(rh[-1], block.state)
             for i in range(len(nodes) - 1, -1, -1):
                 node, out = nodes[i], rg[i]
-                if out is None or not upstream[i]:
+                if out is None or not moving[i]:
                     continue
                 rg[i] = None
                 if node.kind == "add":
-                    ins = [j for j in node.inputs if j >= 0 and upstream[j]]
+                    ins = [j for j in node.inputs if j >= 0 and moving[j]]
                     given = [out] + [out.clone() for _ in ins[1:]]  # each input's sweep owns its R g
                 else:
                     j = node.inputs[0]
-                    need = j >= 0 and upstream[j]
+                    need = j >= 0 and moving[j]
                     back = layers[i].backward(grads[i], out, self._tangents(node, tangents), second, need,
                                               self._tangents(node, acc))
                     ins, given = ([j], [back]) if need else ([], [])
@@ -306,8 +306,8 @@ class _Add:
 
 class _Block:
     """A block of rows after the forward and gradient sweeps: the layers (with their inputs and
-    local derivatives), the gradient at every layer's output from the first moving layer on,
-    and the loss's state for its product."""
+    local derivatives), the gradient at the output of every moving layer whose backward reads
+    it, and the loss's state for its product."""
 
     def __init__(self, layers, grads, state):
         self.layers, self.grads, self.state = layers, grads, state
@@ -329,9 +329,10 @@ class _Kept:
     CNN's 8-column passes ran 1.15-1.2x faster on a CPU. A batch's blocks are reused only where
     its inputs, its targets and every parameter (and BatchNorm's running statistics) equal
     copies kept beside them, compared element by element (not trusted to tensor versions: a
-    change through ``.data`` or a NumPy view keeps those), and the blocking, the first moving
-    layer and the loss's scale are unchanged; anything else is recomputed. A shuffling loader's batches simply never match. A model over
-    half the budget keeps nothing (its copy alone would crowd the blocks out)."""
+    change through ``.data`` or a NumPy view keeps those), and the blocking, which calls move
+    and the loss's scale are unchanged; anything else is recomputed. A shuffling loader's
+    batches simply never match. A model over half the budget keeps nothing (its copy alone would
+    crowd the blocks out)."""
 
     def __init__(self, params):
         self.params, self.theta = params, None
