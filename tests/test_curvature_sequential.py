@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infolens import linalg
-from infolens.curvature import CurvatureOperator, sequential
+from infolens.curvature import CurvatureOperator, layers, sequential
 from test_curvature import dense, dense_references
 
 
@@ -82,6 +82,24 @@ class TwoPools(nn.Module):
         return self.head(torch.flatten(self.max(a) + self.mean(a), 1))
 
 
+class Dense(nn.Module):
+    """Concatenations (one with the model's input, which no parameter moves, one along a
+    negative axis), products with constants and a view by a shape tuple, traced by torch.fx."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.a, self.b, self.head = nn.Linear(45, 5), nn.Linear(45, 3), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.cat([x, torch.tanh(self.conv1(x))], 1)
+        h = self.pool(torch.cat((h, 0.5 * torch.sigmoid(self.conv2(h))), dim=1))
+        h = h.view((h.size(0), -1))
+        h = torch.cat([torch.tanh(self.a(h)) / 4, -self.b(h)], dim=-1)
+        return self.head(h.mul(3))
+
+
 # (name, model builder, inputs [N, ...], targets, loss): every layer type and both losses
 def _cases():
     g = torch.Generator().manual_seed(5)
@@ -108,6 +126,14 @@ def _cases():
         ("Conv1d + max-pool, mean CE",
          lambda: nn.Sequential(nn.Conv1d(5, 3, 3, dilation=2), nn.Sigmoid(), nn.MaxPool1d(2), nn.Flatten(),
                                nn.Linear(3, 4)), seq, labels, nn.CrossEntropyLoss()),
+        ("grouped and depthwise convolutions, padding='same'; mean CE",
+         lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding="same"), nn.Tanh(), nn.Conv2d(4, 6, 3, groups=2, stride=2),
+                               nn.Sigmoid(), nn.Conv2d(6, 6, 2, groups=6, padding=1, bias=False), nn.ReLU(),
+                               nn.Flatten(), nn.Linear(54, 4)), image, labels, nn.CrossEntropyLoss()),
+        ("grouped Conv1d with a channel multiplier and dilation; summed squared error",
+         lambda: nn.Sequential(nn.Conv1d(5, 10, 2, groups=5, dilation=2, padding="valid"), nn.Tanh(),
+                               nn.Conv1d(10, 4, 1, groups=2), nn.Flatten(), nn.Linear(16, 2)), seq,
+         torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
         ("Conv3d, mean CE",
          lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 2 * 5 * 5, 4)),
          image[:, :, None].expand(10, 1, 3, 6, 6).contiguous(), labels, nn.CrossEntropyLoss()),
@@ -139,10 +165,16 @@ def _cases():
         ("MLP with skips and LayerNorm, traced; summed CE", SkipMLP, image, labels,
          nn.CrossEntropyLoss(reduction="sum")),
         ("a ReLU read by two pools, traced; mean CE", TwoPools, image, labels, nn.CrossEntropyLoss()),
+        ("concatenations, constants, a view by a shape tuple, traced; mean CE", Dense, image, labels,
+         nn.CrossEntropyLoss()),
     ]
 
 
 CASES = _cases()
+
+
+def _case(start):
+    return next(case for case in CASES if case[0].startswith(start))
 
 
 @pytest.mark.usefixtures("float64_default")
@@ -164,7 +196,7 @@ def test_sweeps_equal_the_dense_float64_hessian_and_ggn_with_uneven_batches(case
 
 @pytest.mark.usefixtures("float64_default")
 def test_a_parameter_subset_is_the_dense_hessians_sub_block_and_chunks_change_nothing():
-    _, build, x, y, loss = CASES[2]
+    _, build, x, y, loss = _case("CNN")
     model = _seeded(build).double().eval()
     x = x.double()
     h, _, _ = dense_references(model, x, y, loss)
@@ -269,13 +301,27 @@ class Broadcast(nn.Module):
         return self.a(x) + self.b(x)
 
 
-class Doubled(nn.Module):
+class Squared(nn.Module):
+    """A product of two tensors."""
+
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(3, 2)
 
     def forward(self, x):
-        return self.fc(x) * 2
+        h = self.fc(x)
+        return h * h
+
+
+class Stacked(nn.Module):
+    """A concatenation along the samples' axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([x, x]))
 
 
 @pytest.mark.parametrize("model, loss, reason", [
@@ -284,7 +330,7 @@ class Doubled(nn.Module):
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.GroupNorm(2, 4), nn.Linear(4, 2)), nn.CrossEntropyLoss(), "GroupNorm"),
     (lambda: nn.Sequential(Custom(3, 2)), nn.CrossEntropyLoss(), "Custom"),
     (Direct, nn.CrossEntropyLoss(), "a parameter or buffer read directly (w)"),
-    (Doubled, nn.CrossEntropyLoss(), "a call of mul"),
+    (Squared, nn.CrossEntropyLoss(), "a call of mul"),
     (InPlaceShared, nn.CrossEntropyLoss(), "an in-place relu of a tensor read elsewhere"),
     (TwoInputs, nn.CrossEntropyLoss(), "more than one input"),
     (lambda: nn.Sequential(nn.Linear(3, 2)), nn.CrossEntropyLoss(label_smoothing=0.1), "label smoothing"),
@@ -305,6 +351,13 @@ def test_models_the_sweeps_do_not_cover_are_named_and_left_to_autograd(model, lo
         op = CurvatureOperator(model, loss, (x, y), kind="hessian")
         op(torch.randn(op.n, 2, dtype=torch.float64))
         assert op.mode != "sequential"
+
+
+def test_concatenations_along_the_samples_axis_are_refused():
+    names = [n for n, _ in Stacked().named_parameters()]
+    assert sequential.plan(Stacked(), nn.MSELoss(), names) == "a concatenation along the samples' axis"
+    with pytest.raises(layers.Unsupported, match="samples' axis"):  # an axis counted from the end
+        layers.Cat(-2).forward([torch.ones(3, 2), torch.ones(3, 2)])
 
 
 def test_targets_the_sweeps_do_not_cover_fall_back_at_run_time():
@@ -396,7 +449,7 @@ def test_in_place_activations_and_bias_only_subsets_are_handled():
 
 
 @pytest.mark.usefixtures("float64_default")
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=["MLP", "CNN", "sequence MSE"])
+@pytest.mark.parametrize("case", [_case("tanh-sigmoid"), _case("CNN"), _case("Linear over a sequence")], ids=["MLP", "CNN", "sequence MSE"])
 def test_blocks_of_rows_and_columns_change_nothing(case, monkeypatch):
     _, build, x, y, loss = case
     model = _seeded(build).double().eval()
@@ -436,7 +489,7 @@ def test_a_batch_whose_targets_are_all_ignored_adds_nothing(mode):
 
 
 @pytest.mark.usefixtures("float64_default")
-@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6]], ids=["MLP", "CNN", "sequence MSE"])
+@pytest.mark.parametrize("case", [_case("tanh-sigmoid"), _case("CNN"), _case("Linear over a sequence")], ids=["MLP", "CNN", "sequence MSE"])
 def test_kept_sweeps_give_fresh_products_and_follow_every_change(case, monkeypatch):
     _, build, x, y, loss = case
     model = _seeded(build).double().eval()
@@ -476,7 +529,7 @@ def test_kept_sweeps_give_fresh_products_and_follow_every_change(case, monkeypat
 @pytest.mark.usefixtures("float64_default")
 def test_kept_sweeps_follow_batchnorms_running_statistics():
     # recalibrating the statistics (a forward pass in train mode) changes no parameter
-    _, build, x, y, loss = CASES[7]
+    _, build, x, y, loss = _case("BatchNorm2d")
     model = _seeded(build).double().eval()
     x = x.double()
     v = torch.randn(sum(p.numel() for p in model.parameters()), 3)

@@ -2,8 +2,8 @@
 
 An ``nn.Sequential`` (nested or not) is a chain of its layers. Any other module is traced by
 torch.fx: the layers it calls become nodes, and so do the few functions the sweeps know
-(activations, flattening and reshaping, the sum of two tensors, as in a residual block, and the
-sizes a reshape reads). Anything else in the graph (another function, a parameter read
+(activations, flattening and reshaping, products with a constant, the sum of two tensors, as in
+a residual block, concatenation along a sample axis, and the sizes a reshape reads). Anything else in the graph (another function, a parameter read
 directly, a second input) is named in the reason the sweeps give for not covering the model.
 """
 
@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Add, Cat, Scaled
+
 
 class Arg:
     """Another node's value inside a call's arguments (a size, for a reshape)."""
@@ -25,8 +27,9 @@ class Arg:
 
 class Node:
     """One call: ``kind`` "layer" (a module, or a function applied to one tensor: ``fn``),
-    "add" (the sum of two tensors) or "value" (a size or shape, read by a reshape).
-    ``inputs``: node indices, -1 for the model's input."""
+    "join" (of several tensors: ``fn(*args)`` makes its sweeps, ``layers.Add`` or ``Cat``) or
+    "value" (a size or shape, read by a reshape). ``inputs``: node indices, -1 for the model's
+    input."""
 
     def __init__(self, kind: str, inputs: tuple, module=None, prefix: str = "", fn=None, args=()):
         self.kind, self.inputs = kind, inputs
@@ -110,9 +113,18 @@ def traced(model) -> list[Node] | str:
     return nodes
 
 
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+_SCALES = {operator.mul: lambda c: c, "mul": lambda c: c, operator.truediv: lambda c: 1 / c, "div": lambda c: 1 / c}
+
+
 def _node(n, index, modules, nodes) -> Node | str:
     target = n.target
     name = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+    tensor = lambda a: isinstance(a, torch.fx.Node) and (index[a] < 0 or nodes[index[a]].kind != "value")
+    if target in _CATS:
+        return _cat(n, index, tensor)
+    if target is operator.mul and len(n.args) == 2 and _number(n.args[0]) and tensor(n.args[1]):
+        return Node("layer", (index[n.args[1]],), module=Scaled(float(n.args[0])))  # 2 * x
     if not n.args or not isinstance(n.args[0], torch.fx.Node):
         return f"a call of {name}"
     first, rest = index[n.args[0]], n.args[1:]
@@ -122,10 +134,13 @@ def _node(n, index, modules, nodes) -> Node | str:
             return f"a call of {target} with other arguments than one tensor"
         return Node("layer", (first,), module=modules[target], prefix=_prefix(target))
     if target in (operator.add, torch.add) and len(rest) == 1 and isinstance(rest[0], torch.fx.Node) and not n.kwargs:
-        second = index[rest[0]]
-        if is_tensor and (second < 0 or nodes[second].kind != "value"):
-            return Node("add", (first, second))
+        if is_tensor and tensor(rest[0]):
+            return Node("join", (first, index[rest[0]]), fn=Add)
         return f"a call of {name} on sizes"
+    if is_tensor and not n.kwargs and (
+            (target in _SCALES and len(rest) == 1 and _number(rest[0])) or (target in (operator.neg, "neg") and not rest)):
+        factor = _SCALES[target](float(rest[0])) if rest else -1.0
+        return Node("layer", (first,), module=Scaled(factor))
     values = _VALUES.get(target) or (_shape if target is getattr and rest == ("shape",) else None)
     if values is not None:
         if target is operator.getitem and is_tensor:
@@ -136,6 +151,8 @@ def _node(n, index, modules, nodes) -> Node | str:
     if not is_tensor:
         return f"a call of {name} on sizes"
     if target in ("view", "reshape") and not n.kwargs:
+        if len(rest) == 1 and isinstance(rest[0], (tuple, list)):  # x.view((B, -1)): the shape as one tuple
+            rest = tuple(rest[0])
         if _computed(a for a in rest if not isinstance(a, torch.fx.Node)):
             return f"a {target} by a computed shape"
         args = tuple(Arg(index[a]) if isinstance(a, torch.fx.Node) else a for a in rest)
@@ -146,6 +163,25 @@ def _node(n, index, modules, nodes) -> Node | str:
     if n.kwargs.get("inplace") and len(n.args[0].users) > 1:
         return f"an in-place {name} of a tensor read elsewhere"
     return Node("layer", (first,), module=module)
+
+
+def _cat(n, index, tensor) -> Node | str:
+    """torch.cat of tensors along one axis (not the samples')."""
+    args = dict(zip(("tensors", "dim"), n.args))
+    for key, value in n.kwargs.items():
+        args["dim" if key == "axis" else key] = value
+    tensors, dim = args.get("tensors"), args.get("dim", 0)
+    if set(args) - {"tensors", "dim"} or not isinstance(tensors, (tuple, list)) or not isinstance(dim, int):
+        return "a concatenation with other arguments than tensors and an axis"
+    if not all(tensor(t) for t in tensors):
+        return "a concatenation of other values than tensors"
+    if dim == 0:
+        return "a concatenation along the samples' axis"
+    return Node("join", tuple(index[t] for t in tensors), fn=Cat, args=(dim,))
+
+
+def _number(a) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
 def _computed(args) -> bool:

@@ -182,12 +182,21 @@ class Linear:
 
 
 class Conv:
+    """Convolutions, grouped or not. With G groups, output channel o reads the input channels of
+    group o // (O / G) only. Stacking b columns' weights into one convolution keeps that only if
+    the stacked channels are ordered group first, [G, b, O / G]: ``_grouped`` and ``_ungrouped``
+    move the columns' axis in and out of that order (free views where G = 1)."""
+
     reads_gradient = True  # backward's second-order terms read g at the output
 
     def forward(self, module, h):
-        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise Unsupported("convolutions with groups, string padding or non-zero padding modes")
-        self.module, self.h = module, h
+        if module.padding_mode != "zeros":
+            raise Unsupported("convolutions with non-zero padding modes")
+        pads = module._reversed_padding_repeated_twice  # per axis (last first): before, after
+        if any(pads[i] != pads[i + 1] for i in range(0, len(pads), 2)):
+            raise Unsupported("convolutions padded unevenly (padding='same' with an even kernel)")
+        self.padding = tuple(pads[::-2])
+        self.module, self.h, self.groups = module, h, module.groups
         self.dims = h.ndim - 2
         self.conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
         out = module(h)
@@ -196,7 +205,21 @@ class Conv:
 
     def _apply(self, x, weight, bias=None):
         m = self.module
-        return self.conv(x, weight, bias, m.stride, m.padding, m.dilation)
+        return self.conv(x, weight, bias, m.stride, self.padding, m.dilation, self.groups)
+
+    def _grouped(self, t, axis):
+        """[..., b, C, ...] (b at ``axis``, C after it) -> [..., G * b * C / G, ...]."""
+        g = self.groups
+        t = t.reshape(*t.shape[:axis + 1], g, t.shape[axis + 1] // g, *t.shape[axis + 2:])
+        t = t.movedim(axis, axis + 1)
+        return t.reshape(*t.shape[:axis], -1, *t.shape[axis + 3:])
+
+    def _ungrouped(self, t, axis, b):
+        """The inverse of ``_grouped``: [..., G * b * C / G, ...] -> [..., b, C, ...]."""
+        g = self.groups
+        t = t.reshape(*t.shape[:axis], g, b, t.shape[axis] // (g * b), *t.shape[axis + 1:])
+        t = t.movedim(axis + 1, axis)
+        return t.reshape(*t.shape[:axis + 1], -1, *t.shape[axis + 3:])
 
     def tangent(self, rh, v):
         w = self.module.weight
@@ -205,20 +228,15 @@ class Conv:
         if rh is not None:  # W * R h over [B * b, C_in, ...]
             z = self._apply(rh.reshape(-1, *rh.shape[2:]), w)
             rz = z.reshape(rh.shape[0], b, *z.shape[1:])
-        bias = v["bias"].reshape(b * out) if "bias" in v else None
+        bias = self._grouped(v["bias"], 0) if "bias" in v else None
         if "weight" in v:   # V_j * h (+ the bias tangent) for every j: one convolution, b * C_out outputs
-            z = self._apply(self.h, v["weight"].reshape(b * out, *w.shape[1:]), bias)
-            vh = z.reshape(z.shape[0], b, out, *z.shape[2:])
+            z = self._apply(self.h, self._grouped(v["weight"], 0), bias)
+            vh = self._ungrouped(z, 1, b)
             rz = vh if rz is None else rz.add_(vh)
         elif bias is not None:
-            bias = bias.reshape(1, b, out, *([1] * self.dims))
+            bias = v["bias"].reshape(1, b, out, *([1] * self.dims))
             rz = bias.expand(self.h.shape[0], b, *self.out_shape).clone() if rz is None else rz.add_(bias)
         return rz
-
-    def _backward(self, g, x, weight, mask):
-        m = self.module
-        return torch.ops.aten.convolution_backward(g, x, weight, [weight.shape[0]] if mask[2] else None, m.stride,
-                                                   m.padding, m.dilation, False, [0] * self.dims, 1, mask)
 
     # torch.nn.grad's conv*_weight stands an expanded placeholder in for the weight it does not
     # read, which the backward then makes contiguous (a copy per call); an uninitialised one is
@@ -229,35 +247,32 @@ class Conv:
         """The weight gradient of input x against g (and the bias gradient, or None)."""
         m = self.module
         _, weight, bias = torch.ops.aten.convolution_backward(
-            g, x, x.new_empty(weight_shape), [weight_shape[0]] if bias else None, m.stride, m.padding, m.dilation,
-            False, [0] * self.dims, 1, (False, True, bias))
+            g, x, x.new_empty(weight_shape), [weight_shape[0]] if bias else None, m.stride, self.padding,
+            m.dilation, False, [0] * self.dims, self.groups, (False, True, bias))
         return weight, bias
 
     def _input_grad(self, shape, weight, g):
         m = self.module
         # the input's rows that the strides skip at the far end: the transpose must restore them
         extra = [size - ((out - 1) * stride - 2 * pad + dil * (k - 1) + 1) for size, out, stride, pad, dil, k
-                 in zip(shape[2:], g.shape[2:], m.stride, m.padding, m.dilation, weight.shape[2:])]
+                 in zip(shape[2:], g.shape[2:], m.stride, self.padding, m.dilation, weight.shape[2:])]
         transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dims - 1]
-        return transpose(g, weight, None, m.stride, m.padding, extra, 1, m.dilation)
+        return transpose(g, weight, None, m.stride, self.padding, extra, self.groups, m.dilation)
 
     def backward(self, g, rg, v, second, need_input, acc):
         w = self.module.weight
         h = self.h
-        big, b, out, cin = h.shape[0], rg.shape[1], w.shape[0], w.shape[1]
-        spatial = w.shape[2:]
+        big, b, out, cin = h.shape[0], rg.shape[1], w.shape[0], h.shape[1]
         if "weight" in v:
             # K^T R g: the weight gradient of h against b * C_out output channels at once
             # (the bias's K^T R g, a sum of R g, comes with it)
-            hw, hb = self._weight_grad(h, (b * out, cin, *spatial), rg.reshape(big, b * out, *rg.shape[3:]),
-                                       bias="bias" in v)
-            acc["weight"].add_(hw.reshape(b, *w.shape))
+            hw, hb = self._weight_grad(h, (b * out, *w.shape[1:]), self._grouped(rg, 1), bias="bias" in v)
+            acc["weight"].add_(self._ungrouped(hw, 0, b))
             if hb is not None:
-                acc["bias"].add_(hb.reshape(b, out))
+                acc["bias"].add_(self._ungrouped(hb, 0, b))
             if second and self.rh is not None:  # [R K^T] g: R h_j's channels against g
-                rh = self.rh.reshape(big, b * cin, *self.rh.shape[3:])
-                extra, _ = self._weight_grad(rh, (out, b * cin, *spatial), g)
-                acc["weight"].add_(extra.reshape(out, b, cin, *spatial).transpose(0, 1))
+                extra, _ = self._weight_grad(self._grouped(self.rh, 1), (out, b * w.shape[1], *w.shape[2:]), g)
+                acc["weight"].add_(extra.reshape(out, b, *w.shape[1:]).transpose(0, 1))
         elif "bias" in v:
             acc["bias"].add_(rg.sum(dim=(0, *range(3, rg.ndim))))
         if not need_input:
@@ -265,9 +280,9 @@ class Conv:
         rg_in = self._input_grad((big * b, *h.shape[1:]), w, rg.reshape(big * b, *rg.shape[2:]))
         rg_in = rg_in.reshape(big, b, *h.shape[1:])
         if second and "weight" in v:  # [R J^T] g = V_j^T * g, all j as b * C_in input channels
-            vt = v["weight"].transpose(0, 1).reshape(out, b * cin, *spatial)
+            vt = v["weight"].transpose(0, 1).reshape(out, b * w.shape[1], *w.shape[2:])
             extra = self._input_grad((big, b * cin, *h.shape[2:]), vt, g)
-            rg_in = rg_in.add_(extra.reshape(big, b, *h.shape[1:]))
+            rg_in = rg_in.add_(self._ungrouped(extra, 1, b))
         return rg_in
 
     def gradient(self, g):
@@ -480,6 +495,100 @@ class Unsupported(NotImplementedError):
     """A layer or loss met at run time that the sweeps do not cover (the operator falls back)."""
 
 
+# --------------------------------------------------------------------------- joins and constants
+# A join reads several tensors (``forward`` takes their values as a list); its sweeps take and
+# give one tangent, gradient or R g per input. A tangent handed in is the join's own (see
+# ``Plan._sweep``); what it hands back is each input's own.
+
+class Add:
+    """The sum of two tensors of one shape (a residual connection)."""
+
+    reads_gradient = False
+    rh = None
+
+    def forward(self, hs):
+        if hs[0].shape != hs[1].shape:
+            raise Unsupported("a sum of tensors of different shapes (broadcasting)")
+        return hs[0] + hs[1]
+
+    def tangent(self, rhs):
+        a, b = rhs
+        return b if a is None else (a if b is None else a.add_(b))
+
+    def gradient(self, g):
+        return [g] * 2
+
+    def backward(self, rg, need):
+        """R g for each input that needs it: the first the join's own, copies for the rest (an
+        input's backward may scale its R g in place)."""
+        given = []
+        for wanted in need:
+            given.append(None if not wanted else rg.clone() if any(t is not None for t in given) else rg)
+        return given
+
+
+class Cat:
+    """Tensors joined along one axis of their samples (``dim`` as the caller gave it)."""
+
+    reads_gradient = False
+    rh = None
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def forward(self, hs):
+        out = torch.cat(hs, self.dim)
+        self.axis = self.dim % out.ndim
+        if self.axis == 0:
+            raise Unsupported("a concatenation along the samples' axis")
+        self.shapes = [h.shape[1:] for h in hs]
+        self.sizes = [h.shape[self.axis] for h in hs]
+        return out
+
+    def tangent(self, rhs):
+        some = next((t for t in rhs if t is not None), None)
+        if some is None:
+            return None
+        # an input that no selected parameter moves has a zero tangent
+        parts = [t if t is not None else some.new_zeros(*some.shape[:2], *shape) for t, shape in zip(rhs, self.shapes)]
+        return torch.cat(parts, self.axis + 1)  # tangents [B, b, ...]: one axis further on
+
+    def gradient(self, g):
+        return list(torch.split(g, self.sizes, self.axis))
+
+    def backward(self, rg, need):
+        # views of disjoint parts: each input may scale its own in place
+        return [part if wanted else None for part, wanted in zip(torch.split(rg, self.sizes, self.axis + 1), need)]
+
+
+class Scaled(nn.Module):
+    """A product with a constant (``x * 2``, ``x / 4``, ``-x`` in a traced forward)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+class Scale:
+    reads_gradient = False
+
+    def forward(self, module, h):
+        self.factor = module.factor
+        return module(h)
+
+    def tangent(self, rh, v):
+        return rh.mul_(self.factor)  # rh is this layer's own
+
+    def gradient(self, g):
+        return g * self.factor
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        return rg.mul_(self.factor)
+
+
 def _columns(v, rh) -> int:
     return rh.shape[1] if rh is not None else next(iter(v.values())).shape[0]
 
@@ -514,7 +623,7 @@ LAYERS = {nn.Linear: Linear, nn.Conv1d: Conv, nn.Conv2d: Conv, nn.Conv3d: Conv,
            nn.AvgPool1d: AvgPool, nn.AvgPool2d: AvgPool, nn.AvgPool3d: AvgPool,
            nn.AdaptiveAvgPool1d: AvgPool, nn.AdaptiveAvgPool2d: AvgPool, nn.AdaptiveAvgPool3d: AvgPool,
            nn.BatchNorm1d: BatchNorm, nn.BatchNorm2d: BatchNorm, nn.BatchNorm3d: BatchNorm,
-           nn.LayerNorm: LayerNorm,
+           nn.LayerNorm: LayerNorm, Scaled: Scale,
            nn.Flatten: Reshape, nn.Identity: Reshape, nn.Dropout: Reshape}
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -20,19 +20,21 @@ autograd's batched double backward, and a small CNN's (in blocks, see ``Plan.pro
 than autograd's fastest, a loop over the columns.
 
 Beyond chains: a model is a graph of calls (``graph.py``: an ``nn.Sequential``, or any module
-torch.fx can trace), in which a tensor may be read by several calls and two tensors may be
-summed (a residual connection). The sweeps then run in the graph's order: a sum adds its
-inputs' tangents and hands R g back to both; where calls read the same tensor, their gradients
-and R g add up at it.
+torch.fx can trace), in which a tensor may be read by several calls, two tensors may be summed
+(a residual connection) and several concatenated. The sweeps then run in the graph's order: a
+sum adds its inputs' tangents and hands R g back to both, a concatenation joins them and hands
+each input its part; where calls read the same tensor, their gradients and R g add up at it.
 
-Which calls: these module types (``layers.py``): Linear, Conv1d/2d/3d (zero padding, no groups),
-Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d, BatchNorm1d/2d/3d with
-running statistics and Dropout (the operator runs in eval mode, where the one is an affine map
-per channel and the other the identity), LayerNorm, Identity, and the elementwise Tanh, Sigmoid,
-ReLU, LeakyReLU, GELU (exact), SiLU (as modules or as functions); views, reshapes and flattens;
-sums of two tensors of one shape; under ``nn.CrossEntropyLoss`` (class-index targets, class
-weights and ignore_index allowed, no label smoothing, mean or sum) or ``nn.MSELoss`` (mean or
-sum). ``plan`` says why anything else is not covered, and the operator then uses autograd.
+Which calls: these module types (``layers.py``): Linear, Conv1d/2d/3d (grouped and depthwise
+too; zero padding, 'same' where it is even on both sides), Flatten, MaxPool1d/2d/3d,
+AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d, BatchNorm1d/2d/3d with running statistics and
+Dropout (the operator runs in eval mode, where the one is an affine map per channel and the
+other the identity), LayerNorm, Identity, and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU,
+GELU (exact), SiLU (as modules or as functions); views, reshapes and flattens; products with a
+constant; sums of two tensors of one shape; concatenations along any axis but the samples';
+under ``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no
+label smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else
+is not covered, and the operator then uses autograd.
 Subclasses of these modules are refused: their forward may differ.
 
 Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
@@ -200,12 +202,11 @@ class Plan:
         values = [None] * len(self.nodes) + [x]
         for i, node in enumerate(self.nodes):
             h = values[node.inputs[0]]
-            if node.kind == "add":
-                if h.shape != values[node.inputs[1]].shape:
-                    raise Unsupported("a sum of tensors of different shapes (broadcasting)")
-                values[i] = h + values[node.inputs[1]]
+            if node.kind == "join":
+                join = node.fn(*node.args)
+                values[i] = join.forward([values[j] for j in node.inputs])
                 if layers is not None:
-                    layers[i] = _Add()
+                    layers[i] = join
             elif node.kind == "value":
                 values[i] = node.fn(h, *node.args)
             elif layers is None:
@@ -236,9 +237,11 @@ class Plan:
         for i in range(len(nodes) - 1, -1, -1):
             if grads[i] is None or not moving[i]:  # (a size never moves)
                 continue
-            for j in nodes[i].inputs:
+            # a join's gradients are views; a layer's is computed only where its input moves
+            parts = layers[i].gradient(grads[i]) if nodes[i].kind == "join" else None
+            for k, j in enumerate(nodes[i].inputs):
                 if j >= 0 and moving[j]:
-                    g = grads[i] if nodes[i].kind == "add" else layers[i].gradient(grads[i])
+                    g = parts[k] if parts is not None else layers[i].gradient(grads[i])
                     grads[j] = g if grads[j] is None else grads[j] + g
         # only what the backward sweeps read stays (the block may be kept across passes)
         grads = [g if layer is not None and layer.reads_gradient else None for g, layer in zip(grads, layers)]
@@ -260,9 +263,8 @@ class Plan:
             return rh[j] if unread[j] == 0 else rh[j].clone()
 
         for i, node in enumerate(nodes):
-            if node.kind == "add":
-                a, b = (read(j) for j in node.inputs)
-                rh[i] = b if a is None else (a if b is None else a.add_(b))
+            if node.kind == "join":
+                rh[i] = layers[i].tangent([read(j) for j in node.inputs])
             elif node.kind == "layer":
                 v = self._tangents(node, tangents)
                 r = layers[i].rh = read(node.inputs[0])
@@ -275,9 +277,9 @@ class Plan:
                 if out is None or not moving[i]:
                     continue
                 rg[i] = None
-                if node.kind == "add":
-                    ins = [j for j in node.inputs if j >= 0 and moving[j]]
-                    given = [out] + [out.clone() for _ in ins[1:]]  # each input's sweep owns its R g
+                if node.kind == "join":  # each input's sweep owns its R g
+                    ins = node.inputs
+                    given = layers[i].backward(out, [j >= 0 and moving[j] for j in ins])
                 else:
                     j = node.inputs[0]
                     need = j >= 0 and moving[j]
@@ -285,7 +287,8 @@ class Plan:
                                               self._tangents(node, acc))
                     ins, given = ([j], [back]) if need else ([], [])
                 for j, t in zip(ins, given):
-                    rg[j] = t if rg[j] is None else rg[j] + t
+                    if t is not None:
+                        rg[j] = t if rg[j] is None else rg[j] + t
         for layer in layers:  # the block may be kept: not these columns' tangents with it
             if layer is not None:
                 layer.rh = None
@@ -295,13 +298,6 @@ class Plan:
             return {}
         return {key: tangents[node.prefix + key] for key, _ in node.module.named_parameters(recurse=False)
                 if node.prefix + key in self.names}
-
-
-class _Add:
-    """The sum of two tensors (a residual connection): the sweeps add and pass on."""
-
-    reads_gradient = False
-    rh = None
 
 
 class _Block:
