@@ -11,6 +11,7 @@ from torch.func import functional_call, hessian, jacrev
 
 from infolens import linalg
 from infolens.curvature import CurvatureOperator, curvature_spectrum
+from infolens.curvature.operator import CONTEST_COLUMNS
 
 HESSIAN_MODES = ["forward-over-reverse", "reverse-over-reverse", "finite-difference"]
 
@@ -134,6 +135,26 @@ def test_block_products_equal_column_by_column_and_one_pass_per_block():
     assert len(calls) == 1  # one data pass for all 7 columns
     looped = torch.cat([op(v[:, i:i + 1]) for i in range(7)], dim=1)
     assert torch.allclose(block, looped, atol=1e-13)
+
+
+def test_auto_holds_its_contest_on_a_few_columns_and_its_winner_computes_the_rest(monkeypatch):
+    model = mlp()
+    x, y = torch.randn(9, 3), torch.randint(0, 4, (9,))
+    seen = []
+    ways = CurvatureOperator._ways
+
+    def counting(self, model_fn, theta, x, y, tangents):
+        seen.append(next(iter(tangents.values())).shape[0])
+        return ways(self, model_fn, theta, x, y, tangents)
+
+    monkeypatch.setattr(CurvatureOperator, "_ways", counting)
+    op = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", batch_size=5)
+    v = torch.randn(op.n, CONTEST_COLUMNS + 3, dtype=torch.float64)
+    product = op(v)
+    assert seen[:2] == [CONTEST_COLUMNS, 3]  # the contest, then its winner on the rest
+    given = CurvatureOperator(model, nn.CrossEntropyLoss(), (x, y), kind="hessian", mode=op.mode, chunk=op.chunk,
+                              batch_size=5)
+    assert torch.allclose(product, given(v), atol=1e-12)
 
 
 def test_per_layer_subset_is_the_diagonal_block_and_model_mode_is_restored():

@@ -2,8 +2,9 @@
 
 An ``nn.Sequential`` (nested or not) is a chain of its layers. Any other module is traced by
 torch.fx: the layers it calls become nodes, and so do the few functions the sweeps know
-(activations, flattening and reshaping, products with a constant, the sum of two tensors, as in
-a residual block, concatenation along a sample axis, and the sizes a reshape reads). Anything else in the graph (another function, a parameter read
+(activations, pooling, flattening, reshaping, permuting the axes, means and sums over axes,
+products with a constant, the sum of two tensors, as in a residual block, concatenation, and the
+sizes a reshape reads), each only where it leaves the samples' axis alone. Anything else in the graph (another function, a parameter read
 directly, a second input) is named in the reason the sweeps give for not covering the model.
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Add, Cat, Scaled
+from .layers import Add, Cat, Rearranged, Reduced, Scaled
 
 
 class Arg:
@@ -62,8 +63,39 @@ _ACTIVATIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, "relu": nn.ReLU, torch.tan
                 F.silu: nn.SiLU}
 
 
+# pooling functions by the module each stands for (the same arguments)
+_POOLS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
+          F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
+          F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+          F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d}
+# changes of shape alone, by the tensor method each stands for (squeeze and unsqueeze with an
+# axis, never the samples')
+_SHAPES = {"squeeze": "squeeze", torch.squeeze: "squeeze", "unsqueeze": "unsqueeze", torch.unsqueeze: "unsqueeze",
+           "contiguous": "contiguous"}
+
+
 def _function_module(target, args, kwargs):
     """The module a traced function call stands for, or None."""
+    if _computed((*args, *kwargs.values())):
+        return None
+    if target in _POOLS:
+        try:
+            return _POOLS[target](*args, **kwargs)
+        except TypeError:
+            return None
+    if target in ("mean", "sum", torch.mean, torch.sum):
+        given = {**dict(zip(("dim", "keepdim"), args)), **kwargs}
+        dims = given.get("dim")
+        dims = (dims,) if isinstance(dims, int) else dims
+        if set(given) <= {"dim", "keepdim"} and isinstance(dims, (tuple, list)) and _ints(dims) \
+                and isinstance(given.get("keepdim", False), bool):
+            return Reduced(dims, given.get("keepdim", False), target in ("mean", torch.mean))
+        return None
+    if target in ("permute", torch.permute):
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else kwargs.get("dims", args)
+        return Rearranged(dims=tuple(dims)) if _ints(dims) and set(kwargs) <= {"dims"} else None
+    if target in ("transpose", torch.transpose):
+        return Rearranged(swap=tuple(args)) if len(args) == 2 and _ints(args) and not kwargs else None
     if target in _ACTIVATIONS and not args and not {k for k in kwargs if k != "inplace"}:
         return _ACTIVATIONS[target]()
     if target is F.gelu and not args and set(kwargs) <= {"approximate"}:
@@ -150,6 +182,9 @@ def _node(n, index, modules, nodes) -> Node | str:
         return Node("value", (first,), fn=values, args=rest)
     if not is_tensor:
         return f"a call of {name} on sizes"
+    if target in _SHAPES and not n.kwargs and _ints(rest) and (
+            len(rest) == 1 and rest[0] != 0 if target != "contiguous" else not rest):
+        return Node("layer", (first,), fn=_reshape(_SHAPES[target]), args=tuple(rest))
     if target in ("view", "reshape") and not n.kwargs:
         if len(rest) == 1 and isinstance(rest[0], (tuple, list)):  # x.view((B, -1)): the shape as one tuple
             rest = tuple(rest[0])
@@ -178,6 +213,10 @@ def _cat(n, index, tensor) -> Node | str:
     if dim == 0:
         return "a concatenation along the samples' axis"
     return Node("join", tuple(index[t] for t in tensors), fn=Cat, args=(dim,))
+
+
+def _ints(values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def _number(a) -> bool:

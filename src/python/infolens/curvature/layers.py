@@ -181,6 +181,39 @@ class Linear:
         return g @ self.module.weight
 
 
+class Embedding:
+    """Rows of a table picked by the input's indices: a first layer (indices have no tangent)."""
+
+    reads_gradient = False
+
+    @staticmethod
+    def refusal(module):
+        if module.padding_idx is not None or module.max_norm is not None or module.scale_grad_by_freq:
+            # their gradients are not the derivative of the output (a row held fixed, a table
+            # renormalised in place, rows rescaled by their counts)
+            return "Embedding with padding_idx, max_norm or scale_grad_by_freq"
+        return None
+
+    def forward(self, module, h):
+        _check(self.refusal(module))
+        self.index = h
+        return module(h)
+
+    def tangent(self, rh, v):
+        if "weight" not in v:
+            return None
+        return v["weight"][:, self.index].movedim(0, 1)  # [b, B, ..., d] -> [B, b, ..., d]
+
+    def gradient(self, g):
+        raise Unsupported("an Embedding reading a computed tensor")
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        if "weight" in v:  # K^T R g: each row's R g added into its table row, every column at once
+            rows = rg.movedim(1, -2).reshape(-1, rg.shape[1], rg.shape[-1])
+            acc["weight"].transpose(0, 1).index_add_(0, self.index.reshape(-1), rows)
+        return None
+
+
 class Conv:
     """Convolutions, grouped or not. With G groups, output channel o reads the input channels of
     group o // (O / G) only. Stacking b columns' weights into one convolution keeps that only if
@@ -189,13 +222,18 @@ class Conv:
 
     reads_gradient = True  # backward's second-order terms read g at the output
 
-    def forward(self, module, h):
+    @staticmethod
+    def refusal(module):
         if module.padding_mode != "zeros":
-            raise Unsupported("convolutions with non-zero padding modes")
+            return "convolutions with non-zero padding modes"
         pads = module._reversed_padding_repeated_twice  # per axis (last first): before, after
         if any(pads[i] != pads[i + 1] for i in range(0, len(pads), 2)):
-            raise Unsupported("convolutions padded unevenly (padding='same' with an even kernel)")
-        self.padding = tuple(pads[::-2])
+            return "convolutions padded unevenly (padding='same' with an even kernel)"
+        return None
+
+    def forward(self, module, h):
+        _check(self.refusal(module))
+        self.padding = tuple(module._reversed_padding_repeated_twice[::-2])
         self.module, self.h, self.groups = module, h, module.groups
         self.dims = h.ndim - 2
         self.conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
@@ -293,9 +331,12 @@ class MaxPool:
     reads_gradient = False
     slopes = None  # [B, 1, C, *out]: the activation's slopes at the maxima, once absorbed
 
+    @staticmethod
+    def refusal(module):
+        return "MaxPool with return_indices" if module.return_indices else None
+
     def forward(self, module, h):
-        if module.return_indices:
-            raise Unsupported("MaxPool with return_indices")
+        _check(self.refusal(module))
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[h.ndim - 2]
         src = h
         if h.ndim == 4 and h.device.type == "cpu":
@@ -589,6 +630,93 @@ class Scale:
         return rg.mul_(self.factor)
 
 
+class Rearranged(nn.Module):
+    """The sample's axes in another order: ``x.permute(*dims)`` or ``x.transpose(a, b)``."""
+
+    def __init__(self, dims=None, swap=None):
+        super().__init__()
+        self.dims, self.swap = dims, swap
+
+    def order(self, ndim: int) -> list[int]:
+        if self.dims is not None:
+            return [d % ndim for d in self.dims]
+        order = list(range(ndim))
+        a, b = (d % ndim for d in self.swap)
+        order[a], order[b] = order[b], order[a]
+        return order
+
+    def forward(self, x):
+        return x.permute(self.order(x.ndim))
+
+
+class Rearrange:
+    reads_gradient = False
+
+    def forward(self, module, h):
+        order = module.order(h.ndim)
+        if order[0] != 0:
+            raise Unsupported("a permutation that moves the samples' axis")
+        self.order, self.inverse = order, [order.index(d) for d in range(h.ndim)]
+        return h.permute(order)
+
+    @staticmethod
+    def _columns(order):  # the tangents' [B, b, ...] order
+        return [0, 1, *(d + 1 for d in order[1:])]
+
+    def tangent(self, rh, v):
+        return rh.permute(self._columns(self.order))
+
+    def gradient(self, g):
+        return g.permute(self.inverse)
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        return rg.permute(self._columns(self.inverse))
+
+
+class Reduced(nn.Module):
+    """A mean or sum over axes of each sample (``x.mean((2, 3))``, ``x.sum(-1, keepdim=True)``)."""
+
+    def __init__(self, dims, keepdim: bool, mean: bool):
+        super().__init__()
+        self.dims, self.keepdim, self.mean = tuple(dims), keepdim, mean
+
+    def forward(self, x):
+        return (x.mean if self.mean else x.sum)(self.dims, keepdim=self.keepdim)
+
+
+class Reduce:
+    reads_gradient = False
+
+    def forward(self, module, h):
+        self.dims = sorted({d % h.ndim for d in module.dims})
+        if not self.dims or self.dims[0] == 0:
+            raise Unsupported("a mean or sum over the samples' axis")
+        self.keepdim, self.mean, self.in_shape = module.keepdim, module.mean, h.shape[1:]
+        self.scale = 1 / math.prod(h.shape[d] for d in self.dims) if module.mean else 1
+        return module(h)
+
+    def _reduce(self, t, shift):
+        dims = tuple(d + shift for d in self.dims)
+        return (t.mean if self.mean else t.sum)(dims, keepdim=self.keepdim)
+
+    def _spread(self, t, shift):
+        """The adjoint: each reduced entry spread back over its axes (times 1 / count for a mean)."""
+        if not self.keepdim:
+            for d in self.dims:
+                t = t.unsqueeze(d + shift)
+        full = t.new_empty(*t.shape[:1 + shift], *self.in_shape)
+        return full.copy_(t).mul_(self.scale) if self.mean else full.copy_(t)
+
+    def tangent(self, rh, v):
+        return self._reduce(rh, 1)
+
+    def gradient(self, g):
+        return self._spread(g, 0)
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        return self._spread(rg, 1)
+
+
 def _columns(v, rh) -> int:
     return rh.shape[1] if rh is not None else next(iter(v.values())).shape[0]
 
@@ -618,14 +746,25 @@ def _unrows(m, h, b, c):
     return z if h.ndim == 2 else z.movedim(-2, 1)
 
 
-LAYERS = {nn.Linear: Linear, nn.Conv1d: Conv, nn.Conv2d: Conv, nn.Conv3d: Conv,
+LAYERS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.Conv1d: Conv, nn.Conv2d: Conv, nn.Conv3d: Conv,
            nn.MaxPool1d: MaxPool, nn.MaxPool2d: MaxPool, nn.MaxPool3d: MaxPool,
            nn.AvgPool1d: AvgPool, nn.AvgPool2d: AvgPool, nn.AvgPool3d: AvgPool,
            nn.AdaptiveAvgPool1d: AvgPool, nn.AdaptiveAvgPool2d: AvgPool, nn.AdaptiveAvgPool3d: AvgPool,
            nn.BatchNorm1d: BatchNorm, nn.BatchNorm2d: BatchNorm, nn.BatchNorm3d: BatchNorm,
-           nn.LayerNorm: LayerNorm, Scaled: Scale,
+           nn.LayerNorm: LayerNorm, Scaled: Scale, Rearranged: Rearrange, Reduced: Reduce,
            nn.Flatten: Reshape, nn.Identity: Reshape, nn.Dropout: Reshape}
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def refusal(module) -> str | None:
+    """Why the sweeps do not cover a module of a covered type, as it is set up; or None."""
+    check = getattr(LAYERS.get(type(module)), "refusal", None)
+    return check(module) if check is not None else None
+
+
+def _check(reason):
+    if reason is not None:
+        raise Unsupported(reason)
 
 
 def layer_for(module):

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import graph
-from .layers import LAYERS, NORMS, Elementwise, MaxPool, Unsupported, elementwise, layer_for
+from .layers import LAYERS, NORMS, Elementwise, MaxPool, Unsupported, elementwise, layer_for, refusal
 
 
 # --------------------------------------------------------------------------- the losses
@@ -166,7 +166,7 @@ class Plan:
         moving = self._moving(tangents)
         # tangents exist only downstream of a selected parameter (the input's R h is zero)
         widest = max((size for size, m in zip(sizes, moving) if m), default=1)
-        cols, rows = _blocks(b, x.shape[0], widest * x.element_size())
+        cols, rows = _blocks(b, x.shape[0], widest * next(iter(tangents.values())).element_size())
         cols = cols if chunk is None else max(1, min(cols, int(chunk)))
         out = into if into is not None else {k: torch.zeros_like(t) for k, t in tangents.items()}
         with torch.no_grad():
@@ -414,6 +414,8 @@ def plan(model, loss, names) -> Plan | str:
             continue
         if elementwise(module) is None and type(module) not in LAYERS:
             return f"a {type(module).__name__} layer"
+        if refusal(module) is not None:
+            return refusal(module)
         if isinstance(module, NORMS):
             if module.running_mean is None:  # eval mode would still normalise by the batch
                 return f"a {type(module).__name__} layer without running statistics"
