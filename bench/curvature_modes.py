@@ -1,6 +1,6 @@
 """The ways infolens computes a Hessian product, side by side, on models of several shapes.
 
-    python bench/curvature_modes.py --threads 1      # about 4 minutes on 2 CPU cores
+    python bench/curvature_modes.py --threads 1      # about 6 minutes on 2 CPU cores
 
 For each model, one 8-column Hessian product over its data (4 batches), in every mode that
 applies: the layer-by-layer sweeps (``mode="sequential"``; for the models that are not an
@@ -53,7 +53,19 @@ class ResNet8(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
+class Bag(nn.Module):
+    """A text classifier: a bag of word embeddings, averaged over the tokens, through an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Embedding(5000, 64), nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, tokens):
+        return self.head(F.gelu(self.fc(self.embed(tokens).mean(1))))
+
+
 def cases():
+    # (name, builder, one sample's shape, samples; a shape of ("tokens", L) means L word indices)
     return [
         ("MLP 784-128-64-10 tanh", lambda: nn.Sequential(
             nn.Linear(784, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10)), (784,), 1024),
@@ -65,6 +77,13 @@ def cases():
             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
             nn.Linear(512, 10)), (3, 32, 32), 512),
         ("ResNet-8 (traced by torch.fx)", ResNet8, (3, 32, 32), 256),
+        ("MobileNet-style CNN: depthwise + pointwise convolutions", lambda: nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 1),
+            nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32),
+            nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)), (3, 32, 32), 256),
+        ("bag of embeddings, 5000 words x 64, 32 tokens (traced)", Bag, ("tokens", 32), 1024),
     ]
 
 
@@ -79,7 +98,8 @@ def main():
     for name, build, shape, n in cases():
         torch.manual_seed(0)
         model = build()
-        x, y = torch.randn(n, *shape), torch.randint(0, 10, (n,))
+        x = torch.randint(0, 5000, (n, shape[1])) if shape[0] == "tokens" else torch.randn(n, *shape)
+        y = torch.randint(0, 10, (n,))
         model.train()  # BatchNorm's running statistics from the data, then eval mode throughout
         with torch.no_grad():
             model(x)

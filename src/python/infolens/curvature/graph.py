@@ -4,8 +4,9 @@ An ``nn.Sequential`` (nested or not) is a chain of its layers. Any other module 
 torch.fx: the layers it calls become nodes, and so do the few functions the sweeps know
 (activations, pooling, flattening, reshaping, permuting the axes, means and sums over axes,
 products with a constant, the sum of two tensors, as in a residual block, concatenation, and the
-sizes a reshape reads), each only where it leaves the samples' axis alone. Anything else in the graph (another function, a parameter read
-directly, a second input) is named in the reason the sweeps give for not covering the model.
+sizes a reshape reads), each only where it leaves the samples' axis alone. Anything else in the
+graph (another function, a parameter read directly, a second input) is named in the reason the
+sweeps give for not covering the model.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ _POOLS = {F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: 
 # axis, never the samples')
 _SHAPES = {"squeeze": "squeeze", torch.squeeze: "squeeze", "unsqueeze": "unsqueeze", torch.unsqueeze: "unsqueeze",
            "contiguous": "contiguous"}
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+# products with a constant c: the factor each applies
+_SCALES = {operator.mul: lambda c: c, "mul": lambda c: c, operator.truediv: lambda c: 1 / c, "div": lambda c: 1 / c}
 
 
 def _function_module(target, args, kwargs):
@@ -143,10 +147,6 @@ def traced(model) -> list[Node] | str:
     if not isinstance(output, torch.fx.Node) or index.get(output, -1) != len(nodes) - 1:
         return "a model whose output is not its last call's tensor"
     return nodes
-
-
-_CATS = (torch.cat, torch.concat, torch.concatenate)
-_SCALES = {operator.mul: lambda c: c, "mul": lambda c: c, operator.truediv: lambda c: 1 / c, "div": lambda c: 1 / c}
 
 
 def _node(n, index, modules, nodes) -> Node | str:

@@ -60,8 +60,8 @@ from . import products, sequential
 
 KINDS = ("hessian", "ggn", "fisher", "empirical-fisher")
 MODES = ("auto",) + tuple(products.HESSIAN_MODES) + ("sequential", "generic")
-# "auto" times its candidates on this many columns: all of a 48-probe Hutchinson block made a
-# small CNN's single pass on a CPU twice as slow as the winner alone (the losers' time is spent)
+# "auto" times its candidates on this many columns: on all of a 48-probe Hutchinson block, a
+# small CNN's single pass took 52 s on a CPU against 29 s (the losers' time is spent for nothing)
 CONTEST_COLUMNS = 8
 
 
