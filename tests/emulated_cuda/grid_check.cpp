@@ -1,0 +1,218 @@
+// The grid kNN path (src/cuda/knn/grid.cu) run on the CPU through the CUDA stand-in
+// (include/cuda_runtime.h) and compared with an O(n^2) brute force written here from the
+// contract (docs/NATIVE_ABI.md): the same keys formed the same way, the k smallest in (key, index)
+// order, NaN keys never entering or passing, strict and non-strict counts. Every answer must be
+// equal bit for bit. The brute force also stands in for the CUDA engine's own knn / count,
+// which the grid path calls where the grid cannot help; the pairs counter tells which answered.
+//
+//     grid_check [seed [n]]    prints one line per failure and a summary; exit 0 when all agree
+//                              (n: the largest number of points, 2500 unless given)
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "knn/knn.hpp"
+
+namespace ref {
+
+template <class T>
+T key(const T* q, const T* x, int64_t dim, bool max_norm, bool first_alone) {
+  // kNN folds every coordinate into 0; counts start from the first term (keys.cuh: the same
+  // value for every non-NaN term, and the contract for a NaN one)
+  T s = T(0);
+  for (int64_t c = 0; c < dim; ++c) {
+    const T t = q[c] - x[c];
+    const T term = max_norm ? std::fabs(t) : t * t;
+    if (c == 0 && first_alone)
+      s = term;
+    else
+      s = max_norm ? std::fmax(s, term) : s + term;
+  }
+  return s;
+}
+
+template <class T>
+void knn(const T* x, int64_t n, int64_t ldx, const T* q, int64_t m, int64_t ldq, int64_t dim, bool self,
+         bool max_norm, int k, T* keys, int64_t* idx) {
+  std::vector<std::pair<T, int64_t>> all;
+  for (int64_t i = 0; i < m; ++i) {
+    all.clear();
+    const T* qi = self ? x + i * ldx : q + i * ldq;
+    for (int64_t j = 0; j < n; ++j) {
+      if (self && j == i) continue;
+      const T kj = key(qi, x + j * ldx, dim, max_norm, false);
+      if (!std::isnan(kj)) all.emplace_back(kj, j);
+    }
+    const size_t top = std::min(all.size(), size_t(k));
+    std::partial_sort(all.begin(), all.begin() + top, all.end());
+    for (int s = 0; s < k; ++s) {
+      const bool have = size_t(s) < all.size();
+      keys[i * k + s] = have ? all[s].first : std::numeric_limits<T>::infinity();
+      idx[i * k + s] = have ? all[s].second : INT64_MAX;
+    }
+  }
+}
+
+template <class T>
+void count(const T* x, int64_t n, int64_t ldx, const T* q, int64_t m, int64_t ldq, int64_t dim, bool self,
+           bool max_norm, const T* r, bool strict, int64_t* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const T* qi = self ? x + i * ldx : q + i * ldq;
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      if (self && j == i) continue;
+      const T kj = key(qi, x + j * ldx, dim, max_norm, true);
+      c += strict ? (kj < r[i]) : (kj <= r[i]);
+    }
+    out[i] = c;
+  }
+}
+
+}  // namespace ref
+
+// The CUDA engine's brute force, which the grid path falls back to: here the reference.
+namespace infolens::cuda::knn {
+
+void knn(const Matrix& points, const Matrix& queries, infolens::cuda::Dtype dtype, double p, int k, void* out_keys,
+         int64_t* out_idx, cudaStream_t, int) {
+  const bool self = queries.data == nullptr;
+  const int64_t m = self ? points.rows : queries.rows;
+  if (dtype == Dtype::float32)
+    ref::knn(static_cast<const float*>(points.data), points.rows, points.ld, static_cast<const float*>(queries.data),
+             m, queries.ld, points.dim, self, std::isinf(p), k, static_cast<float*>(out_keys), out_idx);
+  else
+    ref::knn(static_cast<const double*>(points.data), points.rows, points.ld,
+             static_cast<const double*>(queries.data), m, queries.ld, points.dim, self, std::isinf(p), k,
+             static_cast<double*>(out_keys), out_idx);
+}
+
+void count(const Matrix& points, const Matrix& queries, infolens::cuda::Dtype dtype, double p, const void* radius, bool strict,
+           int64_t* out, cudaStream_t, int) {
+  const bool self = queries.data == nullptr;
+  const int64_t m = self ? points.rows : queries.rows;
+  if (dtype == Dtype::float32)
+    ref::count(static_cast<const float*>(points.data), points.rows, points.ld,
+               static_cast<const float*>(queries.data), m, queries.ld, points.dim, self, std::isinf(p),
+               static_cast<const float*>(radius), strict, out);
+  else
+    ref::count(static_cast<const double*>(points.data), points.rows, points.ld,
+               static_cast<const double*>(queries.data), m, queries.ld, points.dim, self, std::isinf(p),
+               static_cast<const double*>(radius), strict, out);
+}
+
+}  // namespace infolens::cuda::knn
+
+namespace {
+
+namespace K = infolens::cuda::knn;
+
+int failures = 0, cases = 0, through_grid = 0;
+
+void fail(const std::string& what) {
+  if (++failures <= 20) std::printf("FAIL %s\n", what.c_str());
+}
+
+// Data of a kind: 0 gaussian, 1 on a coarse lattice (ties and duplicates), 2 gaussian with a few
+// non-finite coordinates, 3 one column constant (no spread there).
+template <class T>
+std::vector<T> data(std::mt19937_64& rng, int64_t rows, int64_t ld, int64_t dim, int kind) {
+  std::normal_distribution<double> normal;
+  std::vector<T> x(size_t(std::max<int64_t>(rows, 1) * ld), T(7));  // columns beyond dim: never read
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < dim; ++c) {
+      double v = normal(rng);
+      if (kind == 1) v = std::round(v * 2) / 2;
+      if (kind == 3 && c == 0) v = 1.5;
+      x[size_t(i * ld + c)] = T(v);
+    }
+  if (kind == 2 && rows > 4) {
+    const T bad[] = {std::numeric_limits<T>::quiet_NaN(), std::numeric_limits<T>::infinity(),
+                     -std::numeric_limits<T>::infinity()};
+    for (int t = 0; t < 3; ++t) x[size_t((rng() % rows) * ld + rng() % dim)] = bad[t];
+  }
+  return x;
+}
+
+template <class T>
+void one_case(std::mt19937_64& rng, int64_t n, int64_t dim, int64_t m, int k, bool self, bool max_norm, int kind) {
+  const int64_t ld = dim + (rng() % 2) * 3;  // sometimes a block of columns of a wider matrix
+  const std::vector<T> x = data<T>(rng, n, ld, dim, kind);
+  const std::vector<T> q = self ? std::vector<T>() : data<T>(rng, m, dim, dim, kind == 3 ? 0 : kind);
+  const int64_t rows = self ? n : m;
+  const infolens::cuda::Dtype dtype = sizeof(T) == 4 ? infolens::cuda::Dtype::float32 : infolens::cuda::Dtype::float64;
+  const double p = max_norm ? std::numeric_limits<double>::infinity() : 2.0;
+  const K::Matrix points{x.data(), n, dim, ld};
+  const K::Matrix queries{self ? nullptr : q.data(), self ? 0 : m, dim, dim};
+  const std::string name = std::string(sizeof(T) == 4 ? "float32" : "float64") + (max_norm ? " max-norm" : " euclid") +
+                           " n=" + std::to_string(n) + " dim=" + std::to_string(dim) + " m=" +
+                           (self ? std::string("self") : std::to_string(m)) + " k=" + std::to_string(k) +
+                           " kind=" + std::to_string(kind);
+
+  // kNN
+  std::vector<T> keys(size_t(rows * k)), want_keys(size_t(rows * k));
+  std::vector<int64_t> idx(size_t(rows * k)), want_idx(size_t(rows * k));
+  unsigned long long pairs = 0;
+  K::knn_grid(points, queries, dtype, p, k, keys.data(), idx.data(), nullptr, 0, &pairs);
+  ref::knn(x.data(), n, ld, self ? nullptr : q.data(), rows, dim, dim, self, max_norm, k, want_keys.data(),
+           want_idx.data());
+  ++cases;
+  through_grid += pairs > 0;
+  if (std::memcmp(keys.data(), want_keys.data(), keys.size() * sizeof(T)) != 0 || idx != want_idx) {
+    for (size_t e = 0; e < keys.size(); ++e)
+      if (std::memcmp(&keys[e], &want_keys[e], sizeof(T)) != 0 || idx[e] != want_idx[e]) {
+        fail("knn " + name + ": query " + std::to_string(e / k) + " slot " + std::to_string(e % k) + ": (" +
+             std::to_string(double(keys[e])) + ", " + std::to_string(idx[e]) + ") want (" +
+             std::to_string(double(want_keys[e])) + ", " + std::to_string(want_idx[e]) + ")");
+        break;
+      }
+  }
+
+  // counts at radii equal to the k-th keys (ties at the radius: strict and not differ), 0 and inf
+  std::vector<T> radius(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) {
+    const int pick = int(rng() % 8);
+    radius[i] = pick == 0 ? T(0) : pick == 1 ? std::numeric_limits<T>::infinity() : want_keys[size_t(i * k + k - 1)];
+  }
+  for (bool strict : {true, false}) {
+    std::vector<int64_t> got(static_cast<size_t>(rows)), want(static_cast<size_t>(rows));
+    unsigned long long count_pairs = 0;
+    K::count_grid(points, queries, dtype, p, radius.data(), strict, got.data(), nullptr, 0, &count_pairs);
+    ref::count(x.data(), n, ld, self ? nullptr : q.data(), rows, dim, dim, self, max_norm, radius.data(), strict,
+               want.data());
+    ++cases;
+    through_grid += count_pairs > 0;
+    for (int64_t i = 0; i < rows; ++i)
+      if (got[i] != want[i]) {
+        fail(std::string(strict ? "count<" : "count<=") + " " + name + ": query " + std::to_string(i) + ": " +
+             std::to_string(got[i]) + " want " + std::to_string(want[i]));
+        break;
+      }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::mt19937_64 rng(argc > 1 ? std::stoull(argv[1]) : 1);
+  const int64_t largest = argc > 2 ? std::stoll(argv[2]) : 2500;
+  for (int kind = 0; kind < 4; ++kind)
+    for (int64_t dim : {1, 2, 3, 4, 6, 8})
+      for (int64_t n : {int64_t(2), int64_t(3), int64_t(41), int64_t(300), largest})
+        for (bool self : {true, false})
+          for (bool max_norm : {true, false})
+            for (int k : {1, 4, 9, 32}) {
+              if (k > (self ? n - 1 : n)) continue;
+              if (n == largest && (k == 4 || k == 9)) continue;  // the large cases are slow here
+              one_case<float>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
+              one_case<double>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
+            }
+  std::printf("%d cases, %d through the grid, %d failed\n", cases, through_grid, failures);
+  return failures == 0 && through_grid > 0 ? 0 : 1;
+}
