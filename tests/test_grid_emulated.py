@@ -43,11 +43,21 @@ def grid_check(tmp_path_factory):
     return exe
 
 
-def test_the_grid_kernels_equal_brute_force_bit_for_bit(grid_check):
+def _run(grid_check, *args):
     seed = random.randrange(1 << 31)
-    run = subprocess.run([str(grid_check), str(seed), "300"], capture_output=True, text=True, timeout=600)
-    summary = run.stdout.strip().splitlines()[-1]
+    run = subprocess.run([str(grid_check), str(seed), *map(str, args)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"seed {seed}:\n{run.stdout[-3000:]}{run.stderr[-2000:]}"
-    cases, grid, failed = map(int, re.match(r"(\d+) cases, (\d+) through the grid, (\d+) failed", summary).groups())
+    summary = run.stdout.strip().splitlines()[-1]
+    return map(int, re.match(r"(\d+) cases, (\d+) through the grid, (\d+) failed", summary).groups())
+
+
+def test_the_grid_kernels_equal_brute_force_bit_for_bit(grid_check):
+    cases, grid, failed = _run(grid_check, 300)  # 2 to 300 points, dim 1 to 8, k 1 to 32
     # not vacuous: the grid answered a good share (the rest: too few points, dim 1 counts, no spread)
-    assert failed == 0 and grid > cases // 4, summary
+    assert failed == 0 and grid > cases // 4
+
+
+@pytest.mark.parametrize("n, dim, k", [(3000, 2, 1), (2500, 8, 32)])
+def test_many_cells_and_rings_equal_brute_force(grid_check, n, dim, k):
+    cases, grid, failed = _run(grid_check, n, dim, k)
+    assert failed == 0 and grid == cases  # every kind of data through the grid (one column with spread suffices)

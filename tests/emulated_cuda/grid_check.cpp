@@ -5,8 +5,9 @@
 // equal bit for bit. The brute force also stands in for the CUDA engine's own knn / count,
 // which the grid path calls where the grid cannot help; the pairs counter tells which answered.
 //
-//     grid_check [seed [n]]    prints one line per failure and a summary; exit 0 when all agree
-//                              (n: the largest number of points, 2500 unless given)
+//     grid_check [seed [n]]      the sweep of cases up to n points (2500 unless given)
+//     grid_check seed n dim [k]  n points in dim dimensions, every kind of data, both dtypes
+// Each prints one line per failure and a summary; exit 0 when all agree.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -202,17 +203,28 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::mt19937_64 rng(argc > 1 ? std::stoull(argv[1]) : 1);
   const int64_t largest = argc > 2 ? std::stoll(argv[2]) : 2500;
-  for (int kind = 0; kind < 4; ++kind)
-    for (int64_t dim : {1, 2, 3, 4, 6, 8})
-      for (int64_t n : {int64_t(2), int64_t(3), int64_t(41), int64_t(300), largest})
-        for (bool self : {true, false})
-          for (bool max_norm : {true, false})
-            for (int k : {1, 4, 9, 32}) {
-              if (k > (self ? n - 1 : n)) continue;
-              if (n == largest && (k == 4 || k == 9)) continue;  // the large cases are slow here
-              one_case<float>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
-              one_case<double>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
-            }
+  if (argc > 3) {  // grid_check seed n dim [k]: large cases, each kind of data in both dtypes
+    const int64_t dim = std::stoll(argv[3]);
+    const int k = argc > 4 ? std::stoi(argv[4]) : 4;
+    for (int kind = 0; kind < 4; ++kind) {
+      one_case<float>(rng, largest, dim, largest, k, true, true, kind);
+      one_case<double>(rng, largest, dim, largest / 2, k, false, false, kind);
+    }
+  } else {
+    std::vector<int64_t> sizes{2, 3, 41, 300};
+    if (largest > 300) sizes.push_back(largest);
+    for (int kind = 0; kind < 4; ++kind)
+      for (int64_t dim : {1, 2, 3, 4, 6, 8})
+        for (int64_t n : sizes)
+          for (bool self : {true, false})
+            for (bool max_norm : {true, false})
+              for (int k : {1, 4, 9, 32}) {
+                if (k > (self ? n - 1 : n)) continue;
+                if (n > 300 && (k == 4 || k == 9)) continue;  // the large cases are slow here
+                one_case<float>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
+                one_case<double>(rng, n, dim, self ? n : 1 + int64_t(rng() % 200), k, self, max_norm, kind);
+              }
+  }
   std::printf("%d cases, %d through the grid, %d failed\n", cases, through_grid, failures);
   return failures == 0 && through_grid > 0 ? 0 : 1;
 }
