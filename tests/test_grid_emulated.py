@@ -32,15 +32,19 @@ def emulated(source: Path) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def grid_check(tmp_path_factory):
-    build = tmp_path_factory.mktemp("emulated_cuda")
-    (build / "grid.cpp").write_text(emulated(ROOT / "src" / "cuda" / "knn" / "grid.cu"))
-    exe = build / "grid_check"
+def build(folder: Path) -> Path:
+    """grid_check, built in ``folder``."""
+    (folder / "grid.cpp").write_text(emulated(ROOT / "src" / "cuda" / "knn" / "grid.cu"))
+    exe = folder / "grid_check"
     subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", f"-I{HERE / 'include'}",
-                    f"-I{ROOT / 'src' / 'cuda'}", "-o", str(exe), str(build / "grid.cpp"), str(HERE / "grid_check.cpp")],
+                    f"-I{ROOT / 'src' / 'cuda'}", "-o", str(exe), str(folder / "grid.cpp"), str(HERE / "grid_check.cpp")],
                    check=True, capture_output=True, text=True)
     return exe
+
+
+@pytest.fixture(scope="module")
+def grid_check(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("emulated_cuda"))
 
 
 def _run(grid_check, *args):
@@ -61,3 +65,10 @@ def test_the_grid_kernels_equal_brute_force_bit_for_bit(grid_check):
 def test_many_cells_and_rings_equal_brute_force(grid_check, n, dim, k):
     cases, grid, failed = _run(grid_check, n, dim, k)
     assert failed == 0 and grid == cases  # every kind of data through the grid (one column with spread suffices)
+
+
+if __name__ == "__main__":  # python tests/test_grid_emulated.py ARGS: grid_check ARGS (see grid_check.cpp)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        sys.exit(subprocess.run([str(build(Path(folder))), *sys.argv[1:]]).returncode)

@@ -8,6 +8,7 @@
 //     grid_check [seed [n]]      the sweep of cases up to n points (2500 unless given)
 //     grid_check seed n dim [k]  n points in dim dimensions, every kind of data, both dtypes
 // Each prints one line per failure and a summary; exit 0 when all agree.
+//     grid_check pairs n dim [k] the share of brute force's pairs the grid examines (pairs_share)
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -199,8 +200,36 @@ void one_case(std::mt19937_64& rng, int64_t n, int64_t dim, int64_t m, int k, bo
 
 }  // namespace
 
+// The work the grid saves: (query, point) pairs examined, as a share of brute force's, for a
+// KSG-like call on n Gaussian points in dim dimensions (the self-join's k-th max-norm keys, then
+// the counts in the first half of the columns at those radii). Brute force forms n^2 ordered
+// pairs for kNN and n^2 / 2 unordered ones for counts.
+int pairs_share(int64_t n, int64_t dim, int k) {
+  std::mt19937_64 rng(1);
+  std::normal_distribution<double> normal;
+  std::vector<float> x(static_cast<size_t>(n * dim));
+  for (float& v : x) v = float(normal(rng));
+  std::vector<float> keys(static_cast<size_t>(n * k));
+  std::vector<int64_t> idx(static_cast<size_t>(n * k)), counts(static_cast<size_t>(n));
+  const double inf = std::numeric_limits<double>::infinity();
+  const int64_t half = std::max<int64_t>(2, dim / 2);
+  unsigned long long knn_pairs = 0, count_pairs = 0;
+  K::knn_grid({x.data(), n, dim, dim}, {nullptr, 0, dim, dim}, infolens::cuda::Dtype::float32, inf, k, keys.data(),
+              idx.data(), nullptr, 0, &knn_pairs);
+  std::vector<float> radius(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) radius[i] = keys[size_t(i * k + k - 1)];
+  K::count_grid({x.data(), n, half, dim}, {nullptr, 0, half, dim}, infolens::cuda::Dtype::float32, inf, radius.data(),
+                true, counts.data(), nullptr, 0, &count_pairs);
+  const double nn = double(n) * double(n);
+  std::printf("n=%lld dim=%lld k=%d: kNN examines %.4f of n^2 pairs, the %lld-D counts %.4f of n^2/2\n",
+              (long long)n, (long long)dim, k, double(knn_pairs) / nn, (long long)half, double(count_pairs) / (nn / 2));
+  return knn_pairs > 0 && count_pairs > 0 ? 0 : 1;
+}
+
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (argc > 1 && std::string(argv[1]) == "pairs")
+    return pairs_share(std::stoll(argv[2]), std::stoll(argv[3]), argc > 4 ? std::stoi(argv[4]) : 4);
   std::mt19937_64 rng(argc > 1 ? std::stoull(argv[1]) : 1);
   const int64_t largest = argc > 2 ? std::stoll(argv[2]) : 2500;
   if (argc > 3) {  // grid_check seed n dim [k]: large cases, each kind of data in both dtypes

@@ -566,9 +566,10 @@ class Add:
     def backward(self, rg, need):
         """R g for each input that needs it: the first the join's own, copies for the rest (an
         input's backward may scale its R g in place)."""
-        given = []
+        given, first = [], True
         for wanted in need:
-            given.append(None if not wanted else rg.clone() if any(t is not None for t in given) else rg)
+            given.append(None if not wanted else rg if first else rg.clone())
+            first = first and not wanted
         return given
 
 
