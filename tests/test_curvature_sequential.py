@@ -166,6 +166,13 @@ def _cases():
          lambda: nn.Sequential(nn.Conv1d(5, 10, 2, groups=5, dilation=2, padding="valid"), nn.Tanh(),
                                nn.Conv1d(10, 4, 1, groups=2), nn.Flatten(), nn.Linear(16, 2)), seq,
          torch.randn(10, 2, generator=g), nn.MSELoss(reduction="sum")),
+        ("upsampling, padding (reflected, replicated, zeros) and pixel shuffles; mean CE",
+         lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+                               nn.Upsample(scale_factor=2, mode="bilinear"), nn.ReflectionPad2d(1), nn.Conv2d(4, 4, 3),
+                               nn.PixelUnshuffle(2), nn.Sigmoid(), nn.ZeroPad2d((1, 0, 0, 1)),
+                               nn.Conv2d(16, 4, 2, stride=2), nn.Upsample(scale_factor=2, mode="nearest"),
+                               nn.PixelShuffle(2), nn.ReplicationPad2d(1), nn.Flatten(), nn.Linear(100, 4)),
+         image, labels, nn.CrossEntropyLoss()),
         ("Conv3d, mean CE",
          lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 2 * 5 * 5, 4)),
          image[:, :, None].expand(10, 1, 3, 6, 6).contiguous(), labels, nn.CrossEntropyLoss()),
@@ -397,6 +404,7 @@ def test_models_the_sweeps_do_not_cover_are_named_and_left_to_autograd(model, lo
     (nn.Conv1d(3, 2, 2, padding="same"), torch.randn(6, 3, 2), "padded unevenly"),
     (nn.Conv1d(3, 2, 1, padding=1, padding_mode="circular"), torch.randn(6, 3, 2), "non-zero padding modes"),
     (nn.MaxPool1d(1, return_indices=True), torch.randn(6, 3, 2), "return_indices"),
+    (nn.ConstantPad1d(1, 2.0), torch.randn(6, 3, 2), "a value other than 0"),
 ])
 def test_layer_settings_the_sweeps_do_not_cover_are_named(layer, x, reason):
     model = nn.Sequential(layer, nn.Flatten(1))

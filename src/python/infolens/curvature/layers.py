@@ -507,13 +507,22 @@ class LayerNorm:
         return rg_in
 
 
-class AvgPool:
-    """Average pooling, fixed or adaptive: linear, so its tangents are the pooling itself and
-    its backward sweeps the pooling's adjoint (autograd's, at any point: it is the same)."""
+class LinearMap:
+    """A fixed linear map of each sample: average pooling (fixed or adaptive), upsampling,
+    padding by zeros, reflection, replication or wrapping, pixel and channel shuffles. Its
+    tangents are the map itself and its backward sweeps the map's adjoint (autograd's, at any
+    point: it is the same)."""
 
     reads_gradient = False
 
+    @staticmethod
+    def refusal(module):
+        if isinstance(module, nn.modules.padding._ConstantPadNd) and module.value != 0:
+            return "ConstantPad with a value other than 0 (an affine map, not a linear one)"
+        return None
+
     def forward(self, module, h):
+        _check(self.refusal(module))
         self.module, self.in_shape = module, h.shape[1:]
         return module(h)
 
@@ -753,11 +762,15 @@ def _unrows(m, h, b, c):
 
 LAYERS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.Conv1d: Conv, nn.Conv2d: Conv, nn.Conv3d: Conv,
            nn.MaxPool1d: MaxPool, nn.MaxPool2d: MaxPool, nn.MaxPool3d: MaxPool,
-           nn.AvgPool1d: AvgPool, nn.AvgPool2d: AvgPool, nn.AvgPool3d: AvgPool,
-           nn.AdaptiveAvgPool1d: AvgPool, nn.AdaptiveAvgPool2d: AvgPool, nn.AdaptiveAvgPool3d: AvgPool,
            nn.BatchNorm1d: BatchNorm, nn.BatchNorm2d: BatchNorm, nn.BatchNorm3d: BatchNorm,
            nn.LayerNorm: LayerNorm, Scaled: Scale, Rearranged: Rearrange, Reduced: Reduce,
            nn.Flatten: Reshape, nn.Identity: Reshape, nn.Dropout: Reshape}
+LAYERS.update(dict.fromkeys(
+    (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.PixelShuffle, nn.PixelUnshuffle,
+     nn.ChannelShuffle, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+     nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+     nn.ReplicationPad2d, nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d), LinearMap))
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 

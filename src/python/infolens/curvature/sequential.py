@@ -28,15 +28,16 @@ each input its part; where calls read the same tensor, their gradients and R g a
 Which calls: these module types (``layers.py``): Linear, Embedding (a first layer, without
 padding_idx or max_norm), Conv1d/2d/3d (grouped and depthwise too; zero padding, 'same' where it
 is even on both sides), Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAvgPool1d/2d/3d
-(as modules or functions), BatchNorm1d/2d/3d with running statistics and Dropout (the operator
-runs in eval mode, where the one is an affine map per channel and the other the identity),
-LayerNorm, Identity, and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU, GELU (exact), SiLU (as
-modules or as functions); views, reshapes, flattens, squeezes, permutes and transposes, means
-and sums over a sample's axes, products with a constant; sums of two tensors of one shape,
-concatenations; none of them across the samples' axis. Under ``nn.CrossEntropyLoss``
-(class-index targets, class weights and ignore_index allowed, no label smoothing, mean or sum)
-or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not covered, and the
-operator then uses autograd.
+(as modules or functions), Upsample, padding by zeros, reflection, replication or wrapping,
+PixelShuffle/PixelUnshuffle/ChannelShuffle, BatchNorm1d/2d/3d with running statistics and
+Dropout (the operator runs in eval mode, where the one is an affine map per channel and the
+other the identity), LayerNorm, Identity, and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU,
+GELU (exact), SiLU (as modules or as functions); views, reshapes, flattens, squeezes, permutes
+and transposes, means and sums over a sample's axes, products with a constant; sums of two
+tensors of one shape, concatenations; none of them across the samples' axis. Under
+``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no label
+smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not
+covered, and the operator then uses autograd.
 Subclasses of these modules are refused: their forward may differ.
 
 Across passes: the forward and gradient sweeps of each batch are kept (up to ``KEEP_BYTES``) and
