@@ -92,7 +92,13 @@ def dense_references(model, x, y, loss):
     # double backward, vectorised: torch.func's hessian (jacfwd or jacrev over jacrev) of a
     # LayerNorm model comes out wrong and asymmetric in torch 2.13, for either loss (infolens's
     # own modes, jvp of grad and batched double backward, agree with this one there)
-    h = torch.autograd.functional.hessian(lambda v: loss(outputs(v), y), flat, vectorize=True)
+    def total(v):
+        return loss(outputs(v), y)
+
+    try:
+        h = torch.autograd.functional.hessian(total, flat, vectorize=True)
+    except RuntimeError:  # an op without a batching rule for its double backward (GroupNorm's)
+        h = torch.autograd.functional.hessian(total, flat)
     j = jacrev(outputs)(flat).reshape(-1, flat.numel())                      # [N * C, P]
     out = outputs(flat).detach()
     h_out = hessian(lambda o: loss(o.reshape(out.shape), y))(out.reshape(-1))  # [N * C, N * C]

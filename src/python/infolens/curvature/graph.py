@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Add, Cat, Rearranged, Reduced, Scaled
+from .layers import Add, Cat, PerChannel, Rearranged, Reduced, Scaled, Standardized
 
 
 class Arg:
@@ -117,7 +117,27 @@ def chain(model) -> list[Node]:
     """An nn.Sequential's layers (or a lone layer), in order, each reading the one before."""
     modules = list(_flat(model))
     index = {id(m): name for name, m in model.named_modules()}
-    return [Node("layer", (i - 1,), module=m, prefix=_prefix(index[id(m)])) for i, m in enumerate(modules)]
+    return _split_group_norms([Node("layer", (i - 1,), module=m, prefix=_prefix(index[id(m)]))
+                               for i, m in enumerate(modules)])
+
+
+def _split_group_norms(nodes) -> list[Node]:
+    """Each GroupNorm as two calls: its standardisation, then its affine map per channel (which
+    holds its parameters), every later index moved on to match."""
+    out, where = [], {-1: -1}
+    for i, node in enumerate(nodes):
+        inputs = tuple(where[j] for j in node.inputs)
+        args = tuple(Arg(where[a.index]) if isinstance(a, Arg) else a for a in node.args)
+        if type(node.module) is nn.GroupNorm:
+            norm = node.module
+            out.append(Node("layer", inputs, module=Standardized(norm.num_groups, norm.eps)))
+            inputs = (len(out) - 1,)
+            node = Node("layer", inputs, module=PerChannel(norm), prefix=node.prefix)
+        else:
+            node = Node(node.kind, inputs, module=node.module, prefix=node.prefix, fn=node.fn, args=args)
+        where[i] = len(out)
+        out.append(node)
+    return out
 
 
 def traced(model) -> list[Node] | str:
@@ -146,7 +166,7 @@ def traced(model) -> list[Node] | str:
         nodes.append(node)
     if not isinstance(output, torch.fx.Node) or index.get(output, -1) != len(nodes) - 1:
         return "a model whose output is not its last call's tensor"
-    return nodes
+    return _split_group_norms(nodes)
 
 
 def _node(n, index, modules, nodes) -> Node | str:

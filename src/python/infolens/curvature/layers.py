@@ -387,18 +387,36 @@ class MaxPool:
         return self._scatter(rg if self.slopes is None else rg.mul_(self.slopes))
 
 
-class BatchNorm:
-    """BatchNorm in eval mode: on its running statistics an affine map per channel,
-    z = gamma * xhat + beta with xhat = (h - mean) * s, s = 1 / sqrt(var + eps)."""
+class PerChannel(nn.Module):
+    """GroupNorm's affine map per channel, z = gamma_c x + beta_c, after its standardisation
+    (``Standardized``): the GroupNorm's own parameters (graph.py splits it in two)."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x):
+        shape = (-1, *([1] * (x.ndim - 2)))
+        z = x if self.weight is None else x * self.weight.reshape(shape)
+        return z if self.bias is None else z + self.bias.reshape(shape)
+
+
+class ChannelAffine:
+    """An affine map per channel, z = gamma * xhat + beta with xhat = (h - mean) * s: BatchNorm in
+    eval mode, on its running statistics (s = 1 / sqrt(var + eps)), and GroupNorm's affine map
+    (``PerChannel``: mean 0, s 1)."""
 
     reads_gradient = True  # backward's second-order terms read g at the output
 
     def forward(self, module, h):
-        if module.training:
+        if module.training and not isinstance(module, PerChannel):
             raise Unsupported("BatchNorm in training mode (it couples the batch's samples)")
         shape = (-1, *([1] * (h.ndim - 2)))  # per channel, against [B, C, ...]
-        self.s = (module.running_var + module.eps).rsqrt().to(h.dtype).reshape(shape)
-        self.xhat = (h - module.running_mean.to(h.dtype).reshape(shape)) * self.s
+        if isinstance(module, PerChannel):
+            self.s, self.xhat = h.new_ones(h.shape[1]).reshape(shape), h
+        else:
+            self.s = (module.running_var + module.eps).rsqrt().to(h.dtype).reshape(shape)
+            self.xhat = (h - module.running_mean.to(h.dtype).reshape(shape)) * self.s
         self.slope = self.s if module.weight is None else self.s * module.weight.reshape(shape)
         return module(h)
 
@@ -505,6 +523,43 @@ class LayerNorm:
                             + xhat * (a * rxhat).mean(self.axes, keepdim=True))
             rg_in.sub_(s * second_order)
         return rg_in
+
+
+class Standardized(nn.Module):
+    """GroupNorm's standardisation without its affine map: each sample's groups of channels
+    (with their positions) to mean 0 and variance 1."""
+
+    def __init__(self, groups: int, eps: float):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+
+    def forward(self, x):
+        return F.group_norm(x, self.groups, eps=self.eps)
+
+
+class GroupStandardize(LayerNorm):
+    """``Standardized``: LayerNorm without affine parameters over the last axis of the grouped
+    view [B, G, C / G * positions] (a free view of [B, C, ...]); every sweep works in that view."""
+
+    def forward(self, module, h):
+        self.shape = h.shape[1:]
+        grouped = h.reshape(h.shape[0], module.groups, -1)
+        norm = nn.LayerNorm(grouped.shape[-1], eps=module.eps, elementwise_affine=False)
+        return super().forward(norm, grouped).reshape(h.shape)
+
+    def _grouped(self, t, lead):
+        return None if t is None else t.reshape(*t.shape[:lead], self.xhat.shape[1], -1)
+
+    def tangent(self, rh, v):
+        self.rh = self._grouped(rh, 2)  # the driver's R h, read again by backward
+        return super().tangent(self.rh, v).reshape(*rh.shape[:2], *self.shape)
+
+    def gradient(self, g):
+        return super().gradient(self._grouped(g, 1)).reshape(g.shape)
+
+    def backward(self, g, rg, v, second, need_input, acc):
+        back = super().backward(self._grouped(g, 1), self._grouped(rg, 2), v, second, need_input, acc)
+        return None if back is None else back.reshape(rg.shape[:2] + self.shape)
 
 
 class LinearMap:
@@ -762,7 +817,8 @@ def _unrows(m, h, b, c):
 
 LAYERS = {nn.Linear: Linear, nn.Embedding: Embedding, nn.Conv1d: Conv, nn.Conv2d: Conv, nn.Conv3d: Conv,
            nn.MaxPool1d: MaxPool, nn.MaxPool2d: MaxPool, nn.MaxPool3d: MaxPool,
-           nn.BatchNorm1d: BatchNorm, nn.BatchNorm2d: BatchNorm, nn.BatchNorm3d: BatchNorm,
+           nn.BatchNorm1d: ChannelAffine, nn.BatchNorm2d: ChannelAffine, nn.BatchNorm3d: ChannelAffine,
+           PerChannel: ChannelAffine, Standardized: GroupStandardize,
            nn.LayerNorm: LayerNorm, Scaled: Scale, Rearranged: Rearrange, Reduced: Reduce,
            nn.Flatten: Reshape, nn.Identity: Reshape, nn.Dropout: Reshape}
 LAYERS.update(dict.fromkeys(

@@ -31,10 +31,10 @@ is even on both sides), Flatten, MaxPool1d/2d/3d, AvgPool1d/2d/3d and AdaptiveAv
 (as modules or functions), Upsample, padding by zeros, reflection, replication or wrapping,
 PixelShuffle/PixelUnshuffle/ChannelShuffle, BatchNorm1d/2d/3d with running statistics and
 Dropout (the operator runs in eval mode, where the one is an affine map per channel and the
-other the identity), LayerNorm, Identity, and the elementwise Tanh, Sigmoid, ReLU, LeakyReLU,
-GELU (exact), SiLU (as modules or as functions); views, reshapes, flattens, squeezes, permutes
-and transposes, means and sums over a sample's axes, products with a constant; sums of two
-tensors of one shape, concatenations; none of them across the samples' axis. Under
+other the identity), LayerNorm, GroupNorm, Identity, and the elementwise Tanh, Sigmoid, ReLU,
+LeakyReLU, GELU (exact), SiLU (as modules or as functions); views, reshapes, flattens, squeezes,
+permutes and transposes, means and sums over a sample's axes, products with a constant; sums of
+two tensors of one shape, concatenations; none of them across the samples' axis. Under
 ``nn.CrossEntropyLoss`` (class-index targets, class weights and ignore_index allowed, no label
 smoothing, mean or sum) or ``nn.MSELoss`` (mean or sum). ``plan`` says why anything else is not
 covered, and the operator then uses autograd.
