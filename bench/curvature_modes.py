@@ -1,6 +1,6 @@
 """The ways infolens computes a Hessian product, side by side, on models of several shapes.
 
-    python bench/curvature_modes.py --threads 1      # about 6 minutes on 2 CPU cores
+    python bench/curvature_modes.py --threads 1      # about 8 minutes on 2 CPU cores
 
 For each model, one 8-column Hessian product over its data (4 batches), in every mode that
 applies: the layer-by-layer sweeps (``mode="sequential"``; for the models that are not an
@@ -83,6 +83,11 @@ def cases():
             nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32),
             nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)), (3, 32, 32), 256),
+        ("GroupNorm CNN with upsampling (a small decoder)", lambda: nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.GroupNorm(8, 32), nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(32, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(64, 10)), (3, 32, 32), 256),
         ("bag of embeddings, 5000 words x 64, 32 tokens (traced)", Bag, ("tokens", 32), 1024),
     ]
 
