@@ -408,13 +408,20 @@ class ChannelAffine:
 
     reads_gradient = True  # backward's second-order terms read g at the output
 
+    @staticmethod
+    def refusal(module):
+        if not isinstance(module, PerChannel) and module.running_mean is None:
+            return f"a {type(module).__name__} layer without running statistics"  # eval mode would use the batch's
+        return None
+
     def forward(self, module, h):
-        if module.training and not isinstance(module, PerChannel):
-            raise Unsupported("BatchNorm in training mode (it couples the batch's samples)")
+        _check(self.refusal(module))
         shape = (-1, *([1] * (h.ndim - 2)))  # per channel, against [B, C, ...]
         if isinstance(module, PerChannel):
             self.s, self.xhat = h.new_ones(h.shape[1]).reshape(shape), h
         else:
+            if module.training:  # (the operator runs the model in eval mode)
+                raise Unsupported("BatchNorm in training mode (it couples the batch's samples)")
             self.s = (module.running_var + module.eps).rsqrt().to(h.dtype).reshape(shape)
             self.xhat = (h - module.running_mean.to(h.dtype).reshape(shape)) * self.s
         self.slope = self.s if module.weight is None else self.s * module.weight.reshape(shape)

@@ -190,10 +190,10 @@ class CurvatureOperator(linalg.Operator):
             return self._choose_mode(self._ways(model_fn, theta, x, y, tangents), chunk)
         # the contest on a few columns (every losing way's time is spent for nothing), the winner
         # on the rest
-        parts = [{k: t[c:c + CONTEST_COLUMNS] if c == 0 else t[c:] for k, t in tangents.items()}
-                 for c in (0, CONTEST_COLUMNS)]
-        first = self._choose_mode(self._ways(model_fn, theta, x, y, parts[0]), chunk)
-        rest = self._ways(model_fn, theta, x, y, parts[1])[self.mode](self.chunk)
+        few = {k: t[:CONTEST_COLUMNS] for k, t in tangents.items()}
+        others = {k: t[CONTEST_COLUMNS:] for k, t in tangents.items()}
+        first = self._choose_mode(self._ways(model_fn, theta, x, y, few), chunk)
+        rest = self._ways(model_fn, theta, x, y, others)[self.mode](self.chunk)
         return {k: torch.cat([first[k], rest[k]]) for k in first}
 
     def _ways(self, model_fn, theta, x, y, tangents) -> dict:

@@ -417,12 +417,10 @@ def plan(model, loss, names) -> Plan | str:
             continue
         if elementwise(module) is None and type(module) not in LAYERS:
             return f"a {type(module).__name__} layer"
-        if refusal(module) is not None:
-            return refusal(module)
-        if isinstance(module, NORMS):
-            if module.running_mean is None:  # eval mode would still normalise by the batch
-                return f"a {type(module).__name__} layer without running statistics"
-        elif any(True for _ in module.buffers(recurse=False)):
+        reason = refusal(module)
+        if reason is not None:
+            return reason
+        if not isinstance(module, NORMS) and any(True for _ in module.buffers(recurse=False)):
             return f"a {type(module).__name__} layer with buffers"
         for key, p in module.named_parameters(recurse=False):
             if named.get(node.prefix + key) is not p:
