@@ -9,37 +9,20 @@ the same code to the CPU engine on a real device; this one runs everywhere, in C
 
 import random
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve().parent / "emulated_cuda"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "emulated_cuda"))
+import emulation  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not sys.platform.startswith("linux"),
-                                reason="needs g++ and ucontext (Linux)")
-
-
-def emulated(source: Path) -> str:
-    """The CUDA source with every launch ``kernel<<<grid, block, shared, stream>>>(args)``
-    written as ``emu::launch(kernel, grid, block, shared, stream, args)``."""
-    text = source.read_text()
-    out, launches = re.subn(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)<<<(.*?)>>>\(", r"emu::launch(\1, \2, ", text)
-    assert launches == text.count("<<<") > 0, "a launch the rewrite does not recognise"
-    return out
+pytestmark = pytest.mark.skipif(not emulation.AVAILABLE, reason=emulation.REASON)
 
 
 def build(folder: Path) -> Path:
     """grid_check, built in ``folder``."""
-    (folder / "grid.cpp").write_text(emulated(ROOT / "src" / "cuda" / "knn" / "grid.cu"))
-    exe = folder / "grid_check"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", f"-I{HERE / 'include'}",
-                    f"-I{ROOT / 'src' / 'cuda'}", "-o", str(exe), str(folder / "grid.cpp"), str(HERE / "grid_check.cpp")],
-                   check=True, capture_output=True, text=True)
-    return exe
+    return emulation.build(folder, ["knn/grid.cu"], "grid_check.cpp")
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +32,9 @@ def grid_check(tmp_path_factory):
 
 def _run(grid_check, *args):
     seed = random.randrange(1 << 31)
-    run = subprocess.run([str(grid_check), str(seed), *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"seed {seed}:\n{run.stdout[-3000:]}{run.stderr[-2000:]}"
-    summary = run.stdout.strip().splitlines()[-1]
+    out, status = emulation.run(grid_check, seed, *args)
+    assert status == 0, f"seed {seed}:\n{out[-5000:]}"
+    summary = [line for line in out.strip().splitlines() if " cases, " in line][-1]
     return map(int, re.match(r"(\d+) cases, (\d+) through the grid, (\d+) failed", summary).groups())
 
 
@@ -68,6 +51,7 @@ def test_many_cells_and_rings_equal_brute_force(grid_check, n, dim, k):
 
 
 if __name__ == "__main__":  # python tests/test_grid_emulated.py ARGS: grid_check ARGS (see grid_check.cpp)
+    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:

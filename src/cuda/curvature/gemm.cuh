@@ -3,28 +3,33 @@
 // with each operand given by a pointer and two strides, so one kernel serves every layout the
 // head needs (W, dW_j, h rows; the [V, Tb] slab read along either axis), and an epilogue that
 // stores C (plus a per-row offset), adds it into an accumulator (compensated), or writes a
-// float64 partial of one split of the depth (grid.z).
+// float64 partial of one split of the depth (grid.z). gemm() below launches it.
 //
-// Tiling. 256 threads own a BM x BN tile of C and walk the depth BK at a time through
-// double-buffered shared memory: the next slice is loaded into registers while the current one is
-// multiplied, then stored into the other buffer, one barrier per slice. Operands contiguous along
-// the depth are read by consecutive threads along the depth, the others along their rows, so
-// global loads coalesce either way. The multiply is a "core":
-//   float32: tensor cores, 3xTF32. 128 x 64 tiles, BK = 16; each of the 8 warps owns 32 x 32 of C
-//            as 2 x 2 WMMA accumulators (m16n16k8). Every operand x is split into big = tf32(x)
-//            and small = tf32(x - big), and C += a_small b_big + a_big b_small + a_big b_big with
-//            float32 accumulation: products exact, the dropped small x small term ~2^-22 |a b|,
-//            so float32-level accuracy (as CUTLASS's 3xTF32) at tensor-core speed.
-//   float64: FMA. 64 x 64 tiles, BK = 8; each thread accumulates a 4 x 4 register block.
+// float32: tensor cores, 3xTF32, with mma.sync (ptx.cuh). 256 threads own a 128 x 128 tile of
+// C, 8 warps of 64 x 32 each (4 x 4 fragments of 16 x 8), and walk the depth 16 at a time
+// through two shared-memory stages filled by cp.async: the next slice is in flight while the
+// current one is multiplied. Every operand x is split into big = tf32(x) and
+// small = tf32(x - big), and C += a_small b_big + a_big b_small + a_big b_big with float32
+// accumulation: products exact, the dropped small x small term ~2^-22 |a b|, so float32-level
+// accuracy (as CUTLASS's 3xTF32) at tensor-core speed. Shared rows are padded so that the
+// fragments' reads hit 32 different banks: an operand contiguous along the depth is kept as
+// [rows][16 + 4], one contiguous along its rows as [16][rows + 8].
+// (The first version, WMMA fragments of 16 x 16 in 32 x 32 warp tiles with register-staged
+// scalar loads, ran at about 16 TFLOP/s on an H100, less than cuBLAS's plain SGEMM.)
+//
+// float64: FMA. 64 x 64 tiles, BK = 8; each thread accumulates a 4 x 4 register block, the next
+// slice staged through registers while the current one is multiplied.
 //
 // Accuracy. Products accumulate in float32 (float32 inputs) or float64 over at most the depth of
 // one call: the caller keeps it bounded (Tb tokens, or one split of the vocabulary) and flushes
 // into float64 or a compensated sum. The module is built with -fmad=false: FMAs are explicit.
 #pragma once
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cstdint>
+
+#include "check.cuh"
+#include "ptx.cuh"
 
 namespace infolens::cuda::curvature {
 
@@ -54,154 +59,178 @@ struct GemmArgs {
   const T* row_offset;
   double* acc;
   int64_t ld, slice_stride;
+  bool vec_a, vec_b;  // set by gemm(): the operands (both pairs) allow 16-byte copies
 };
 
-// ---- cores -------------------------------------------------------------------------------------
-// A core multiplies the staged slices sA[k * AS + m], sB[k * BS + n] (k < BK) into its
-// accumulators and, at the end, hands every entry of C it owns to f(row, column, value).
+// One entry of C through the epilogue.
+template <class T, Epilogue kEpi>
+__device__ __forceinline__ void finish(const GemmArgs<T>& g, int m, int n, T value) {
+  if (m >= g.m || n >= g.n) return;
+  const int64_t at = int64_t(m) * g.ld + n;
+  if constexpr (kEpi == Epilogue::store) {
+    g.out[at] = value + (g.row_offset != nullptr ? g.row_offset[m] : T(0));
+  } else if constexpr (kEpi == Epilogue::accumulate) {
+    if (g.comp == nullptr) {
+      g.out[at] += value;
+    } else {  // comp holds minus the rounding error of out: out - comp is the sum
+      const T y = value - g.comp[at], t = g.out[at] + y;
+      g.comp[at] = (t - g.out[at]) - y;
+      g.out[at] = t;
+    }
+  } else {
+    g.acc[blockIdx.z * g.slice_stride + at] = double(value);
+  }
+}
 
-// float32 on tensor cores, 3xTF32.
-struct Tf32x3Core {
-  using T = float;
-  static constexpr int BM = 128, BN = 64, BK = 16;
-  static constexpr int AS = BM + 8, BS = BN + 8;  // rows of 32-byte multiples, as WMMA loads need
-  static constexpr int WM = 32, WN = 32;          // warp tile: 4 x 2 warps
-  static constexpr int FM = WM / 16, FN = WN / 16;
-  static constexpr int kScratch = 16 * 16;        // per warp, for the epilogue
+// The depth slices [begin, end) of this block: all of both pairs, or one split's share.
+template <class T, Epilogue kEpi>
+__device__ __forceinline__ void slice_range(const GemmArgs<T>& g, int bk, int& tiles0, int& begin, int& end) {
+  tiles0 = (g.k[0] + bk - 1) / bk;
+  begin = 0, end = tiles0 + (g.k[1] + bk - 1) / bk;
+  if constexpr (kEpi == Epilogue::partial) {
+    begin = blockIdx.z * g.slice_tiles;
+    end = min(end, begin + g.slice_tiles);
+  }
+}
+
+// ---- float32: 3xTF32 on tensor cores -------------------------------------------------------------
+
+struct TensorTile {
+  static constexpr int BM = 128, BN = 128, BK = 16;
+  static constexpr int WM = 64, WN = 32;            // warp tile: 2 x 4 warps
+  static constexpr int MI = WM / 16, NI = WN / 8;   // fragments per warp
+  static constexpr int KPAD = BK + 4, XPAD = 8;      // padded shared rows (see the top)
+  // floats of one operand's stage, either layout
+  static constexpr int kStage = (BM * KPAD > BK * (BM + XPAD)) ? BM * KPAD : BK * (BM + XPAD);
+  static_assert(BM == BN, "one stage size for both operands");
   static_assert((BM / WM) * (BN / WN) * 32 == kGemmThreads, "one warp tile per warp");
+};
 
-  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> acc[FM][FN];
+// The shared stage of one operand, contiguous along the depth (kK) or along its rows.
+template <bool kK, int BX>
+struct Stage {
+  static constexpr int BK = TensorTile::BK, LD = kK ? TensorTile::KPAD : BX + TensorTile::XPAD;
+  __device__ static int at(int i, int k) { return kK ? i * LD + k : k * LD + i; }
 
-  __device__ Tf32x3Core() {
+  // Starts the copy of X(i0 + i, k0 + k), i < BX, k < BK into s, zeros outside extent x depth.
+  __device__ static void fill(float* s, const Operand<float>& x, int i0, int extent, int k0, int depth, bool vec) {
+    if (vec) {  // 16-byte pieces: 4 along the contiguous axis
+      constexpr int kPieces = BX * BK / 4;
 #pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
-  }
-
-  template <class Fragment>
-  __device__ static void split(Fragment& big, Fragment& small) {
-#pragma unroll
-    for (int e = 0; e < big.num_elements; ++e) {
-      const float x = big.x[e];
-      big.x[e] = nvcuda::wmma::__float_to_tf32(x);
-      small.x[e] = nvcuda::wmma::__float_to_tf32(x - big.x[e]);  // x - big is exact
-    }
-  }
-
-  __device__ void multiply(const float* sA, const float* sB) {
-    using namespace nvcuda;
-    const int warp = threadIdx.x / 32, wm = warp / (BN / WN), wn = warp % (BN / WN);
-#pragma unroll
-    for (int ks = 0; ks < BK; ks += 8) {
-      // B's fragments for the whole warp tile, A's one at a time: fewer live registers.
-      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b[FN], b_small[FN];
-#pragma unroll
-      for (int j = 0; j < FN; ++j) {
-        wmma::load_matrix_sync(b[j], sB + ks * BS + wn * WN + j * 16, BS);
-        split(b[j], b_small[j]);
+      for (int e = 0; e < kPieces / kGemmThreads; ++e) {
+        const int c = e * kGemmThreads + threadIdx.x;
+        const int i = kK ? c / (BK / 4) : (c % (BX / 4)) * 4;
+        const int k = kK ? (c % (BK / 4)) * 4 : c / (BX / 4);
+        const int gi = i0 + i, gk = k0 + k;
+        // elements of the piece inside the operand; none: a zero fill from the (aligned) base
+        const int n = kK ? (gi < extent ? min(4, max(0, depth - gk)) : 0)
+                         : (gk < depth ? min(4, max(0, extent - gi)) : 0);
+        const float* src = n > 0 ? x.p + int64_t(gi) * x.s_i + int64_t(gk) * x.s_k : x.p;
+        ptx::cp_async<16>(s + at(i, k), src, 4 * n);
       }
+    } else {
 #pragma unroll
-      for (int i = 0; i < FM; ++i) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a, a_small;
-        wmma::load_matrix_sync(a, sA + ks * AS + wm * WM + i * 16, AS);
-        split(a, a_small);
-#pragma unroll
-        for (int j = 0; j < FN; ++j) {  // small terms first: they are the ones rounding would lose
-          wmma::mma_sync(acc[i][j], a_small, b[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], a, b_small[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-        }
+      for (int e = 0; e < BX * BK / kGemmThreads; ++e) {
+        const int c = e * kGemmThreads + threadIdx.x;  // consecutive threads along the contiguous axis
+        const int i = kK ? c / BK : c % BX, k = kK ? c % BK : c / BX;
+        const int gi = i0 + i, gk = k0 + k;
+        const bool in = gi < extent && gk < depth;
+        ptx::cp_async<4>(s + at(i, k), in ? x.p + int64_t(gi) * x.s_i + int64_t(gk) * x.s_k : x.p, in ? 4 : 0);
       }
     }
-  }
-
-  // The fragment layout is opaque: each warp stores one accumulator at a time to its scratch
-  // (16 x 16) and its lanes take 8 entries each, half a row of 16 per half-warp.
-  template <class F>
-  __device__ void for_each(float* scratch, const F& f) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = warp / (BN / WN), wn = warp % (BN / WN);
-    float* mine = scratch + warp * kScratch;
-#pragma unroll
-    for (int i = 0; i < FM; ++i)
-#pragma unroll
-      for (int j = 0; j < FN; ++j) {
-        nvcuda::wmma::store_matrix_sync(mine, acc[i][j], 16, nvcuda::wmma::mem_row_major);
-        __syncwarp();
-#pragma unroll
-        for (int q = 0; q < kScratch / 32; ++q) {
-          const int e = q * 32 + lane;
-          f(wm * WM + i * 16 + e / 16, wn * WN + j * 16 + e % 16, mine[e]);
-        }
-        __syncwarp();
-      }
   }
 };
 
-// float64 (or float32) on the FMA units: a TM x TN register block per thread.
-template <class Scalar>
-struct FmaCore {
-  using T = Scalar;
+__device__ __forceinline__ void split(float x, uint32_t& big, uint32_t& small) {
+  big = ptx::to_tf32(x);
+  small = ptx::to_tf32(x - __uint_as_float(big));  // x - big is exact
+}
+
+template <bool kAK, bool kBK, Epilogue kEpi>
+__global__ void __launch_bounds__(kGemmThreads, 2) tensor_gemm_kernel(const __grid_constant__ GemmArgs<float> g) {
+  using S = TensorTile;
+  using SA = Stage<kAK, S::BM>;
+  using SB = Stage<kBK, S::BN>;
+  __shared__ __align__(16) float sA[2][S::kStage];
+  __shared__ __align__(16) float sB[2][S::kStage];
+
+  const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
+  int tiles0, begin, end;
+  slice_range<float, kEpi>(g, S::BK, tiles0, begin, end);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gid = lane / 4, tig = lane % 4;
+  const int wm = warp / (S::BN / S::WN) * S::WM, wn = warp % (S::BN / S::WN) * S::WN;
+
+  float acc[S::MI][S::NI][4];
+#pragma unroll
+  for (int i = 0; i < S::MI; ++i)
+#pragma unroll
+    for (int j = 0; j < S::NI; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+
+  auto fetch = [&](int kt, int buf) {  // depth slice kt of pair 0, then of pair 1
+    const int q = kt < tiles0 ? 0 : 1;
+    const int k0 = (kt - (q ? tiles0 : 0)) * S::BK;
+    SA::fill(sA[buf], g.a[q], m0, g.m, k0, g.k[q], g.vec_a);
+    SB::fill(sB[buf], g.b[q], n0, g.n, k0, g.k[q], g.vec_b);
+  };
+
+  if (begin < end) fetch(begin, 0);
+  ptx::cp_async_commit();
+  for (int kt = begin; kt < end; ++kt) {
+    const int cur = (kt - begin) & 1;
+    // the other stage was last read before the barrier that ended the previous slice
+    if (kt + 1 < end) fetch(kt + 1, cur ^ 1);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();  // this slice's copies (this thread's) have landed
+    __syncthreads();          // and everyone's
+    const float* a = sA[cur];
+    const float* b = sB[cur];
+#pragma unroll
+    for (int ks = 0; ks < S::BK; ks += 8) {
+      // B's fragments for the whole warp tile, A's one at a time: fewer live registers
+      uint32_t bb[S::NI][2], bs[S::NI][2];
+#pragma unroll
+      for (int j = 0; j < S::NI; ++j) {
+        const int n = wn + j * 8 + gid;
+        split(b[SB::at(n, ks + tig)], bb[j][0], bs[j][0]);
+        split(b[SB::at(n, ks + tig + 4)], bb[j][1], bs[j][1]);
+      }
+#pragma unroll
+      for (int i = 0; i < S::MI; ++i) {
+        const int m = wm + i * 16 + gid;
+        uint32_t ab[4], as[4];
+        split(a[SA::at(m, ks + tig)], ab[0], as[0]);
+        split(a[SA::at(m + 8, ks + tig)], ab[1], as[1]);
+        split(a[SA::at(m, ks + tig + 4)], ab[2], as[2]);
+        split(a[SA::at(m + 8, ks + tig + 4)], ab[3], as[3]);
+#pragma unroll
+        for (int j = 0; j < S::NI; ++j) {  // small terms first: they are the ones rounding would lose
+          ptx::mma_tf32(acc[i][j], as, bb[j]);
+          ptx::mma_tf32(acc[i][j], ab, bs[j]);
+          ptx::mma_tf32(acc[i][j], ab, bb[j]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is filled again
+  }
+
+#pragma unroll
+  for (int i = 0; i < S::MI; ++i)
+#pragma unroll
+    for (int j = 0; j < S::NI; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        finish<float, kEpi>(g, m0 + wm + i * 16 + gid + 8 * (q / 2), n0 + wn + j * 8 + 2 * tig + q % 2, acc[i][j][q]);
+}
+
+// ---- float64: FMA --------------------------------------------------------------------------------
+
+struct FmaTile {
   static constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4;
-  static constexpr int AS = BM + 16 / int(sizeof(T)), BS = BN + 16 / int(sizeof(T));  // 16-byte rows
-  static constexpr int kScratch = 0;
+  static constexpr int AS = BM + 2, BS = BN + 2;  // 16-byte rows
   static_assert((BM / TM) * (BN / TN) == kGemmThreads, "one register block per thread");
-
-  T acc[TM][TN];
-
-  __device__ FmaCore() {
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-      for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-  }
-
-  __device__ static float fma_t(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-  __device__ static double fma_t(double a, double b, double c) { return __fma_rn(a, b, c); }
-  __device__ static void ld4(const float* p, float (&r)[4]) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
-  }
-  __device__ static void ld4(const double* p, double (&r)[4]) {
-    const double2 a = reinterpret_cast<const double2*>(p)[0], b = reinterpret_cast<const double2*>(p)[1];
-    r[0] = a.x, r[1] = a.y, r[2] = b.x, r[3] = b.y;
-  }
-
-  __device__ void multiply(const T* sA, const T* sB) {
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      T a[TM], b[TN];
-      ld4(sA + kk * AS + ty * TM, a);
-      ld4(sB + kk * BS + tx * TN, b);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fma_t(a[i], b[j], acc[i][j]);
-    }
-  }
-
-  template <class F>
-  __device__ void for_each(T*, const F& f) const {
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-      for (int j = 0; j < TN; ++j) f(ty * TM + i, tx * TN + j, acc[i][j]);
-  }
 };
-
-template <class T>
-struct CoreFor {
-  using type = FmaCore<T>;
-};
-template <>
-struct CoreFor<float> {
-  using type = Tf32x3Core;
-};
-
-// ---- staging -----------------------------------------------------------------------------------
 
 // Element e of this thread's share of a BX x BK slice: its row i and depth k. Depth-contiguous
 // operands go along the depth (a row's BK values in one or two sectors), the others along rows.
@@ -217,102 +246,116 @@ __device__ __forceinline__ void slice_coords(int e, int& i, int& k) {
   }
 }
 
-// Registers r = X(i0 + i, k0 + k) over this thread's share, 0 outside extent x depth.
-template <class T, bool kDepthContiguous, int BX, int BK>
-__device__ __forceinline__ void load_slice(const Operand<T>& x, int i0, int extent, int k0, int depth,
-                                           T (&r)[BX * BK / kGemmThreads]) {
-#pragma unroll
-  for (int e = 0; e < BX * BK / kGemmThreads; ++e) {
-    int i, k;
-    slice_coords<kDepthContiguous, BX, BK>(e, i, k);
-    const int gi = i0 + i, gk = k0 + k;
-    r[e] = (gi < extent && gk < depth) ? x.p[gi * x.s_i + gk * x.s_k] : T(0);
-  }
-}
-
-// Shared slice s[k * stride + i] from the registers of load_slice.
-template <class T, bool kDepthContiguous, int BX, int BK, int kStride>
-__device__ __forceinline__ void store_slice(const T (&r)[BX * BK / kGemmThreads], T* s) {
-#pragma unroll
-  for (int e = 0; e < BX * BK / kGemmThreads; ++e) {
-    int i, k;
-    slice_coords<kDepthContiguous, BX, BK>(e, i, k);
-    s[k * kStride + i] = r[e];
-  }
-}
-
-// ---- the kernel --------------------------------------------------------------------------------
-
-// kAK / kBK: A / B contiguous along the depth (else along their rows / columns).
-template <class T, bool kAK, bool kBK, Epilogue kEpi>
-__global__ void __launch_bounds__(kGemmThreads, 2) gemm_kernel(const __grid_constant__ GemmArgs<T> g) {
-  using Core = typename CoreFor<T>::type;
-  constexpr int BM = Core::BM, BN = Core::BN, BK = Core::BK, AS = Core::AS, BS = Core::BS;
+template <bool kAK, bool kBK, Epilogue kEpi>
+__global__ void __launch_bounds__(kGemmThreads, 2) fma_gemm_kernel(const __grid_constant__ GemmArgs<double> g) {
+  using S = FmaTile;
+  constexpr int BM = S::BM, BN = S::BN, BK = S::BK, TM = S::TM, TN = S::TN;
   constexpr int EA = BM * BK / kGemmThreads, EB = BN * BK / kGemmThreads;
-  __shared__ __align__(32) T sA[2][BK * AS];
-  __shared__ __align__(32) T sB[2][BK * BS];
-  __shared__ __align__(32) T scratch[Core::kScratch > 0 ? Core::kScratch * (kGemmThreads / 32) : 1];
+  __shared__ __align__(16) double sA[2][BK * S::AS];
+  __shared__ __align__(16) double sB[2][BK * S::BS];
 
   const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-  const int tiles0 = (g.k[0] + BK - 1) / BK, tiles1 = (g.k[1] + BK - 1) / BK;
-  int kt_begin = 0, kt_end = tiles0 + tiles1;
-  if constexpr (kEpi == Epilogue::partial) {
-    kt_begin = blockIdx.z * g.slice_tiles;
-    kt_end = min(kt_end, kt_begin + g.slice_tiles);
-  }
+  int tiles0, begin, end;
+  slice_range<double, kEpi>(g, BK, tiles0, begin, end);
 
-  T ra[EA], rb[EB];
-  auto fetch = [&](int kt) {  // depth slice kt of pair 0, then of pair 1
+  double ra[EA], rb[EB];
+  auto fetch = [&](int kt) {  // depth slice kt of pair 0, then of pair 1, into registers
     const int q = kt < tiles0 ? 0 : 1;
     const int k0 = (kt - (q ? tiles0 : 0)) * BK;
-    load_slice<T, kAK, BM, BK>(g.a[q], m0, g.m, k0, g.k[q], ra);
-    load_slice<T, kBK, BN, BK>(g.b[q], n0, g.n, k0, g.k[q], rb);
+#pragma unroll
+    for (int e = 0; e < EA; ++e) {
+      int i, k;
+      slice_coords<kAK, BM, BK>(e, i, k);
+      const int gi = m0 + i, gk = k0 + k;
+      ra[e] = (gi < g.m && gk < g.k[q]) ? g.a[q].p[gi * g.a[q].s_i + gk * g.a[q].s_k] : 0.0;
+    }
+#pragma unroll
+    for (int e = 0; e < EB; ++e) {
+      int i, k;
+      slice_coords<kBK, BN, BK>(e, i, k);
+      const int gi = n0 + i, gk = k0 + k;
+      rb[e] = (gi < g.n && gk < g.k[q]) ? g.b[q].p[gi * g.b[q].s_i + gk * g.b[q].s_k] : 0.0;
+    }
   };
   auto stash = [&](int buf) {
-    store_slice<T, kAK, BM, BK, AS>(ra, sA[buf]);
-    store_slice<T, kBK, BN, BK, BS>(rb, sB[buf]);
+#pragma unroll
+    for (int e = 0; e < EA; ++e) {
+      int i, k;
+      slice_coords<kAK, BM, BK>(e, i, k);
+      sA[buf][k * S::AS + i] = ra[e];
+    }
+#pragma unroll
+    for (int e = 0; e < EB; ++e) {
+      int i, k;
+      slice_coords<kBK, BN, BK>(e, i, k);
+      sB[buf][k * S::BS + i] = rb[e];
+    }
   };
 
-  Core core;
-  if (kt_begin < kt_end) {  // uniform over the block
-    fetch(kt_begin);
+  double acc[TM][TN] = {};
+  const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
+  if (begin < end) {  // uniform over the block
+    fetch(begin);
     stash(0);
     __syncthreads();
     int cur = 0;
-    for (int kt = kt_begin; kt < kt_end; ++kt) {
-      const bool more = kt + 1 < kt_end;
+    for (int kt = begin; kt < end; ++kt) {
+      const bool more = kt + 1 < end;
       if (more) fetch(kt + 1);  // in flight while this slice is multiplied
-      core.multiply(sA[cur], sB[cur]);
+#pragma unroll
+      for (int kk = 0; kk < BK; ++kk) {
+        const double2* pa = reinterpret_cast<const double2*>(sA[cur] + kk * S::AS + ty * TM);
+        const double2* pb = reinterpret_cast<const double2*>(sB[cur] + kk * S::BS + tx * TN);
+        const double2 a01 = pa[0], a23 = pa[1], b01 = pb[0], b23 = pb[1];
+        const double a[TM] = {a01.x, a01.y, a23.x, a23.y}, b[TN] = {b01.x, b01.y, b23.x, b23.y};
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+          for (int j = 0; j < TN; ++j) acc[i][j] = __fma_rn(a[i], b[j], acc[i][j]);
+      }
       if (more) stash(cur ^ 1);  // the other buffer was last read before the previous barrier
       __syncthreads();
       cur ^= 1;
     }
   }
-
-  core.for_each(scratch, [&](int r, int c, T value) {
-    const int m = m0 + r, n = n0 + c;
-    if (m >= g.m || n >= g.n) return;
-    const int64_t at = int64_t(m) * g.ld + n;
-    if constexpr (kEpi == Epilogue::store) {
-      g.out[at] = value + (g.row_offset != nullptr ? g.row_offset[m] : T(0));
-    } else if constexpr (kEpi == Epilogue::accumulate) {
-      if (g.comp == nullptr) {
-        g.out[at] += value;
-      } else {  // comp holds minus the rounding error of out: out - comp is the sum
-        const T y = value - g.comp[at], t = g.out[at] + y;
-        g.comp[at] = (t - g.out[at]) - y;
-        g.out[at] = t;
-      }
-    } else {
-      g.acc[blockIdx.z * g.slice_stride + at] = double(value);
-    }
-  });
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) finish<double, kEpi>(g, m0 + ty * TM + i, n0 + tx * TN + j, acc[i][j]);
 }
 
-// The tile sizes of a dtype's core, for the launch grid.
+// ---- launch --------------------------------------------------------------------------------------
+
 template <class T>
 struct GemmTile {
-  static constexpr int BM = CoreFor<T>::type::BM, BN = CoreFor<T>::type::BN, BK = CoreFor<T>::type::BK;
+  using type = TensorTile;
 };
+template <>
+struct GemmTile<double> {
+  using type = FmaTile;
+};
+
+// Whether X can be copied in 16-byte pieces along its contiguous axis (kK: the depth).
+template <bool kK>
+inline bool vectorisable(const Operand<float>& x) {
+  const int64_t unit = kK ? x.s_k : x.s_i, stride = kK ? x.s_i : x.s_k;  // along and between the pieces
+  return x.p == nullptr || (reinterpret_cast<uintptr_t>(x.p) % 16 == 0 && unit == 1 && stride % 4 == 0);
+}
+
+// C over `splits` splits of the depth (Epilogue::partial; else 1), on `stream`.
+// kAK / kBK: A / B contiguous along the depth (else along their rows / columns).
+template <class T, bool kAK, bool kBK, Epilogue kEpi>
+void gemm(GemmArgs<T> args, int splits, cudaStream_t stream) {
+  using S = typename GemmTile<T>::type;
+  const dim3 grid(unsigned((args.m + S::BM - 1) / S::BM), unsigned((args.n + S::BN - 1) / S::BN), unsigned(splits));
+  if constexpr (sizeof(T) == 4) {
+    args.vec_a = vectorisable<kAK>(args.a[0]) && vectorisable<kAK>(args.a[1]);
+    args.vec_b = vectorisable<kBK>(args.b[0]) && vectorisable<kBK>(args.b[1]);
+    tensor_gemm_kernel<kAK, kBK, kEpi><<<grid, kGemmThreads, 0, stream>>>(args);
+  } else {
+    fma_gemm_kernel<kAK, kBK, kEpi><<<grid, kGemmThreads, 0, stream>>>(args);
+  }
+  INFOLENS_CUDA_CHECK(cudaGetLastError());
+}
 
 }  // namespace infolens::cuda::curvature

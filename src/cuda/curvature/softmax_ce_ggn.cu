@@ -151,14 +151,6 @@ __global__ void to_output(const A* __restrict__ acc, int64_t count, T* __restric
 
 unsigned grid_for(int64_t count, int64_t per_block) { return unsigned((count + per_block - 1) / per_block); }
 
-template <class T, bool kAK, bool kBK, Epilogue kEpi>
-void launch_gemm(const GemmArgs<T>& args, int splits, cudaStream_t stream) {
-  using S = GemmTile<T>;
-  const dim3 grid(grid_for(args.m, S::BM), grid_for(args.n, S::BN), unsigned(splits));
-  gemm_kernel<T, kAK, kBK, kEpi><<<grid, kGemmThreads, 0, stream>>>(args);
-  INFOLENS_CUDA_CHECK(cudaGetLastError());
-}
-
 template <class T>
 class Engine {
  public:
@@ -218,13 +210,13 @@ class Engine {
 
   // Splits of the vocabulary for out_dh: about kSliceRows each, at most kMaxSlices, whole BK slices.
   int64_t slice_tiles() const {
-    constexpr int64_t bk = GemmTile<T>::BK;
+    constexpr int64_t bk = GemmTile<T>::type::BK;
     const int64_t want = std::min<int64_t>(kMaxSlices, (V_ + kSliceRows - 1) / kSliceRows);
     const int64_t rows = (V_ + want - 1) / want;
     return (rows + bk - 1) / bk;
   }
   int64_t slices() const {
-    const int64_t tiles = (V_ + GemmTile<T>::BK - 1) / GemmTile<T>::BK;
+    const int64_t tiles = (V_ + GemmTile<T>::type::BK - 1) / GemmTile<T>::type::BK;
     return (tiles + slice_tiles() - 1) / slice_tiles();
   }
 
@@ -250,7 +242,7 @@ class Engine {
     GemmArgs<T> z{};
     z.a[0] = w_rows, z.b[0] = h_cols, z.k[0] = int(d_);
     z.m = int(V_), z.n = nb, z.out = e_.get(), z.row_offset = cast(p_.bias), z.ld = tb_;
-    launch_gemm<T, true, true, Epilogue::store>(z, 1, stream_);
+    gemm<T, true, true, Epilogue::store>(z, 1, stream_);
     columns<Column::max>(nb, nullptr);
     columns<Column::exp_sum>(nb, cast(p_.token_weights) + t0);
     for (int64_t j = 0; j < p_.vectors; ++j) vector(j, t0, nb);
@@ -265,7 +257,7 @@ class Engine {
     if (p_.dw) tg.a[q] = {cast(p_.dw) + j * V_ * d_, d_, 1}, tg.b[q] = {hb, d_, 1}, tg.k[q++] = int(d_);
     tg.m = int(V_), tg.n = nb, tg.out = g_.get(), tg.ld = tb_;
     tg.row_offset = p_.dbias ? cast(p_.dbias) + j * V_ : nullptr;
-    launch_gemm<T, true, true, Epilogue::store>(tg, 1, stream_);
+    gemm<T, true, true, Epilogue::store>(tg, 1, stream_);
     columns<Column::dot>(nb, nullptr);
 
     // 4. u in place, out_dc_j, out_dW_j += u^T h.
@@ -278,7 +270,7 @@ class Engine {
       dw.m = int(V_), dw.n = int(d_), dw.ld = d_;
       dw.out = static_cast<T*>(p_.out_dw) + j * V_ * d_;
       dw.comp = dw_low_.get() ? dw_low_.get() + j * V_ * d_ : nullptr;
-      launch_gemm<T, true, false, Epilogue::accumulate>(dw, 1, stream_);
+      gemm<T, true, false, Epilogue::accumulate>(dw, 1, stream_);
     }
 
     // 5. out_dh_j rows t0 .. t0 + nb = u^T W, split over the vocabulary.
@@ -287,7 +279,7 @@ class Engine {
       dh.a[0] = {g_.get(), 1, tb_}, dh.b[0] = {w_, 1, d_}, dh.k[0] = int(V_);  // A(t, v) = u[v, t], B(v, k) = W
       dh.m = nb, dh.n = int(d_), dh.acc = dh_part_.get(), dh.ld = d_, dh.slice_stride = nb * d_;
       dh.slice_tiles = int(slice_tiles());
-      launch_gemm<T, false, false, Epilogue::partial>(dh, int(slices()), stream_);
+      gemm<T, false, false, Epilogue::partial>(dh, int(slices()), stream_);
       const int64_t count = nb * d_;
       sum_slices<T><<<grid_for(count, kThreads), kThreads, 0, stream_>>>(
           dh_part_.get(), int(slices()), count, static_cast<T*>(p_.out_dh) + (j * T_ + t0) * d_);

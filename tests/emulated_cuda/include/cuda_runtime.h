@@ -1,12 +1,15 @@
-// A CUDA stand-in for running kernels on the CPU (tests/test_grid_emulated.py): enough of the
-// runtime, the device qualifiers and the warp intrinsics that the grid kNN path (src/cuda/knn/
-// grid.cu) compiles with g++ and runs here, where no GPU is. Memory is host memory, streams are
-// synchronous, and every thread of a warp is a fiber (ucontext): the 32 lanes run until each one
-// has reached the warp's next collective (__syncwarp, __all_sync, __any_sync, __shfl_xor_sync),
-// which is then carried out for all of them; lanes that have returned take no part. Warps and
-// blocks run one after another (the grid kernels have no block-wide barrier), so a warp's
-// __shared__ rows are its own. A collective that the live lanes do not reach together (a
-// divergent warp) aborts with a message: that is a bug in the kernel.
+// A CUDA stand-in for running kernels on the CPU (tests/test_grid_emulated.py,
+// tests/test_head_emulated.py): enough of the runtime, the device qualifiers and the intrinsics
+// that the grid kNN path (src/cuda/knn/grid.cu) and the head's GGN engine (src/cuda/curvature/)
+// compile with g++ and run here, where no GPU is; ptx.cuh beside it stands in for the inline
+// assembly. Memory is host memory, streams are synchronous, and every thread of a block is a
+// fiber (ucontext). Threads run until each has reached its next wait: a warp collective
+// (__syncwarp, __all_sync, __any_sync, __shfl_xor_sync, the tensor-core product), carried out
+// once every live lane of the warp is there, or the block barrier (__syncthreads), passed once
+// every live thread of the block is there; threads that have returned take no part. Blocks run
+// one after another, so __shared__ arrays (static here) are the running block's. A warp whose
+// live lanes do not reach the same collective (a divergent warp) aborts with a message: that is
+// a bug in the kernel.
 #pragma once
 #include <setjmp.h>
 #include <ucontext.h>
@@ -28,7 +31,14 @@
 #define __grid_constant__
 #define __launch_bounds__(...)
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct float4 {
+  float x, y, z, w;
+};
+struct double2 {
+  double x, y;
+};
 
 struct dim3 {
   unsigned x, y, z;
@@ -70,6 +80,10 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline float __uint_as_float(uint32_t v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline uint32_t __float_as_uint(float f) { uint32_t v; std::memcpy(&v, &f, 4); return v; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
   const unsigned long long old = *p;
@@ -88,23 +102,28 @@ struct Index {
   unsigned x, y, z;
 };
 
+enum class Wait { none, warp, block };
+
 struct Lane {
   ucontext_t context;  // for its start on its own stack
   jmp_buf resume;      // where it waits (switching by _setjmp/_longjmp: no signal-mask system calls)
   Index thread;
-  bool started = false, done = false, waiting = false;
-  long arrivals = 0;  // collectives reached so far: all live lanes must agree
+  bool started = false, done = false;
+  Wait waiting = Wait::none;
+  long arrivals = 0;  // warp collectives reached so far: all live lanes of a warp must agree
 };
 
-struct Warp {
-  Lane lanes[32];
+constexpr int kSlots = 16;  // registers a lane may publish to its warp at one collective
+
+struct Block {
+  std::vector<Lane> lanes;
   int size = 0;
-  uint64_t slot[32];
+  std::vector<uint64_t> slot;  // [thread][kSlots]
   std::function<void()> body;
 };
 
-inline Warp* warp = nullptr;
-inline int lane = 0;
+inline Block* block = nullptr;
+inline int lane = 0;  // the running thread's index in its block
 inline jmp_buf scheduler;
 inline ucontext_t starter;
 inline Index block_index, block_dim, grid_dim;
@@ -112,24 +131,37 @@ inline std::vector<char> stacks;
 constexpr size_t kStack = 128 * 1024;
 
 inline void entry() {
-  warp->body();
-  warp->lanes[lane].done = true;
+  block->body();
+  block->lanes[lane].done = true;
   _longjmp(scheduler, 1);
 }
 
-// Waits until every live lane of the warp has reached this collective.
-inline void arrive() {
-  Lane& me = warp->lanes[lane];
-  me.waiting = true;
-  ++me.arrivals;
+inline void wait(Wait kind) {
+  Lane& me = block->lanes[lane];
+  me.waiting = kind;
+  if (kind == Wait::warp) ++me.arrivals;
   if (_setjmp(me.resume) == 0) _longjmp(scheduler, 1);
 }
 
-inline void run_warp(Warp& w) {
-  if (stacks.empty()) stacks.resize(32 * kStack);
-  for (int l = 0; l < w.size; ++l) {
-    Lane& ln = w.lanes[l];
-    ln.started = ln.done = ln.waiting = false;
+// Waits until every live lane of the warp has reached this collective.
+inline void arrive() { wait(Wait::warp); }
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "emulated CUDA: %s\n", what);
+  std::abort();
+}
+
+// Runs every thread of the block until each has returned. A warp is released from a collective
+// once all its live lanes wait there; the block from a barrier once all its live threads do.
+// Of the warps waiting at collectives, only the first is released each round, so the lowest
+// warp runs ahead to the next barrier before the others move: a legal schedule, and the one
+// under which a missing barrier (a stage refilled while another warp still reads it) shows.
+inline void run_block(Block& b) {
+  if (stacks.size() < size_t(b.size) * kStack) stacks.resize(size_t(b.size) * kStack);
+  for (int l = 0; l < b.size; ++l) {
+    Lane& ln = b.lanes[l];
+    ln.started = ln.done = false;
+    ln.waiting = Wait::none;
     ln.arrivals = 0;
     getcontext(&ln.context);
     ln.context.uc_stack.ss_sp = stacks.data() + size_t(l) * kStack;
@@ -137,42 +169,57 @@ inline void run_warp(Warp& w) {
     ln.context.uc_link = nullptr;
     makecontext(&ln.context, entry, 0);
   }
-  warp = &w;
+  block = &b;
   for (;;) {
-    for (int l = 0; l < w.size; ++l) {
-      if (w.lanes[l].done || w.lanes[l].waiting) continue;
+    for (int l = 0; l < b.size; ++l) {
+      Lane& ln = b.lanes[l];
+      if (ln.done || ln.waiting != Wait::none) continue;
       lane = l;
-      Lane& ln = w.lanes[l];
       if (_setjmp(scheduler) == 0) {
         if (ln.started) _longjmp(ln.resume, 1);
         ln.started = true;
         swapcontext(&starter, &ln.context);
       }
     }
-    long arrivals = -1;
-    bool any = false;
-    for (int l = 0; l < w.size; ++l) {
-      const Lane& ln = w.lanes[l];
-      if (ln.done) continue;
-      any = true;
-      if (arrivals >= 0 && ln.arrivals != arrivals) {
-        std::fprintf(stderr, "emulated CUDA: lanes of a warp at different collectives (divergence)\n");
-        std::abort();
+    bool live = false, released = false, all_at_barrier = true;
+    for (int first = 0; first < b.size; first += 32) {
+      const int last = std::min(b.size, first + 32);
+      long arrivals = -1;
+      bool warp_live = false, at_collective = true;
+      for (int l = first; l < last; ++l) {
+        const Lane& ln = b.lanes[l];
+        if (ln.done) continue;
+        live = warp_live = true;
+        if (ln.waiting != Wait::warp) at_collective = false;
+        if (ln.waiting != Wait::block) all_at_barrier = false;
+        if (ln.waiting == Wait::warp) {
+          if (arrivals >= 0 && ln.arrivals != arrivals) fail("lanes of a warp at different collectives (divergence)");
+          arrivals = ln.arrivals;
+        }
       }
-      arrivals = ln.arrivals;
+      if (warp_live && at_collective && !released) {  // one warp at a time: see above
+        for (int l = first; l < last; ++l) b.lanes[l].waiting = Wait::none;
+        released = true;
+      }
     }
-    if (!any) return;
-    for (int l = 0; l < w.size; ++l) w.lanes[l].waiting = false;  // every live lane has arrived
+    if (!live) return;
+    if (released) continue;
+    if (!all_at_barrier) fail("a warp with lanes both at a collective and at a block barrier (divergence)");
+    for (auto& ln : b.lanes) ln.waiting = Wait::none;  // every live thread has reached the barrier
   }
 }
+
+inline uint64_t* slots(int thread) { return &block->slot[size_t(thread) * kSlots]; }
+inline int warp_lane(int l) { return l % 32; }
+inline int warp_first(int l) { return l - l % 32; }
 
 template <class T>
 inline T exchange(T value, int source) {
   static_assert(sizeof(T) <= 8, "a register of at most 8 bytes");
-  std::memcpy(&warp->slot[lane], &value, sizeof(T));
+  std::memcpy(slots(lane), &value, sizeof(T));
   arrive();
   T out;
-  std::memcpy(&out, &warp->slot[source], sizeof(T));
+  std::memcpy(&out, slots(warp_first(lane) + source), sizeof(T));
   arrive();  // every lane has read before the slots are written again
   return out;
 }
@@ -181,52 +228,52 @@ template <class Kernel, class... Args>
 void launch(Kernel kernel, dim3 grid, dim3 block, size_t, cudaStream_t, Args... args) {
   grid_dim = {grid.x, grid.y, grid.z};
   block_dim = {block.x, block.y, block.z};
-  const unsigned threads = block.x * block.y * block.z;
-  Warp w;
-  w.body = [&] { kernel(args...); };
+  Block b;
+  b.size = int(block.x * block.y * block.z);
+  b.lanes.resize(size_t(b.size));
+  b.slot.assign(size_t(b.size) * kSlots, 0);
+  b.body = [&] { kernel(args...); };
+  for (int t = 0; t < b.size; ++t)
+    b.lanes[size_t(t)].thread = {unsigned(t) % block.x, (unsigned(t) / block.x) % block.y,
+                                 unsigned(t) / (block.x * block.y)};
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         block_index = {bx, by, bz};
-        for (unsigned first = 0; first < threads; first += 32) {
-          w.size = int(std::min(32u, threads - first));
-          for (int l = 0; l < w.size; ++l) {
-            const unsigned t = first + unsigned(l);
-            w.lanes[l].thread = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-          }
-          run_warp(w);
-        }
+        run_block(b);
       }
 }
 
 }  // namespace emu
 
-#define threadIdx (::emu::warp->lanes[::emu::lane].thread)
+#define threadIdx (::emu::block->lanes[::emu::lane].thread)
 #define blockIdx (::emu::block_index)
 #define blockDim (::emu::block_dim)
 #define gridDim (::emu::grid_dim)
 
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::arrive(); }
-inline bool __all_sync(unsigned, bool p) {
-  const uint64_t bit = p ? 1 : 0;
-  emu::warp->slot[emu::lane] = bit;
+inline void __syncthreads() { emu::wait(emu::Wait::block); }
+
+// p over the warp's live lanes: all (kAll) or any.
+template <bool kAll>
+inline bool vote(bool p) {
+  emu::slots(emu::lane)[0] = p ? 1 : 0;
   emu::arrive();
-  bool all = true;
-  for (int l = 0; l < emu::warp->size; ++l)
-    if (!emu::warp->lanes[l].done && emu::warp->slot[l] == 0) all = false;
+  bool all = true, any = false;
+  const int first = emu::warp_first(emu::lane);
+  for (int l = first; l < std::min(emu::block->size, first + 32); ++l) {
+    if (emu::block->lanes[l].done) continue;
+    if (emu::slots(l)[0])
+      any = true;
+    else
+      all = false;
+  }
   emu::arrive();
-  return all;
+  return kAll ? all : any;
 }
-inline bool __any_sync(unsigned, bool p) {
-  emu::warp->slot[emu::lane] = p ? 1 : 0;
-  emu::arrive();
-  bool any = false;
-  for (int l = 0; l < emu::warp->size; ++l)
-    if (!emu::warp->lanes[l].done && emu::warp->slot[l] != 0) any = true;
-  emu::arrive();
-  return any;
-}
+inline bool __all_sync(unsigned, bool p) { return vote<true>(p); }
+inline bool __any_sync(unsigned, bool p) { return vote<false>(p); }
 template <class T>
 inline T __shfl_xor_sync(unsigned, T value, int mask) {
-  return emu::exchange(value, emu::lane ^ mask);
+  return emu::exchange(value, emu::warp_lane(emu::lane) ^ mask);
 }
