@@ -1,6 +1,7 @@
 """Builds a program that runs CUDA kernels of src/cuda on the CPU (see include/cuda_runtime.h):
 the tree of src/cuda copied with every launch ``kernel<<<grid, block, shared, stream>>>(args)``
-written as ``emu::launch(kernel, grid, block, shared, stream, args)``, and compiled by g++ with
+written as ``emu::launch(kernel, grid, block, shared, stream, args)`` (and ``extern __shared__``
+arrays as pointers to the launch's buffer), and compiled by g++ with
 the stand-ins of include/ found before the real headers."""
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\(", re.S)
+DYNAMIC = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?([\w ]+?) (\w+)\[\];")
 
 AVAILABLE = shutil.which("g++") is not None and sys.platform.startswith("linux")  # ucontext
 REASON = "needs g++ and ucontext (Linux)"
 
 
 def emulated(text: str) -> str:
-    """The source with its launches rewritten."""
+    """The source with its launches rewritten, and its dynamic shared arrays pointed at the
+    launch's buffer (emu::dynamic_shared)."""
     out, launches = LAUNCH.subn(r"emu::launch(\1, \2, ", text)
     assert launches == text.count("<<<"), "a launch the rewrite does not recognise"
+    out, arrays = DYNAMIC.subn(r"\1* \2 = reinterpret_cast<\1*>(emu::dynamic_shared);", out)
+    assert arrays == text.count("extern __shared__"), "a dynamic shared array the rewrite does not recognise"
     return out
 
 

@@ -7,8 +7,8 @@
 //
 // float32: tensor cores, 3xTF32, with mma.sync (ptx.cuh). 256 threads own a 128 x 128 tile of
 // C, 8 warps of 64 x 32 each (4 x 4 fragments of 16 x 8), and walk the depth 16 at a time
-// through two shared-memory stages filled by cp.async: the next slice is in flight while the
-// current one is multiplied. Every operand x is split into big = tf32(x) and
+// through four shared-memory stages filled by cp.async (80 KB, two blocks per SM): three slices
+// are in flight while one is multiplied, enough to cover a read from device memory. Every operand x is split into big = tf32(x) and
 // small = tf32(x - big), and C += a_small b_big + a_big b_small + a_big b_big with float32
 // accumulation: products exact, the dropped small x small term ~2^-22 |a b|, so float32-level
 // accuracy (as CUTLASS's 3xTF32) at tensor-core speed. Shared rows are padded so that the
@@ -30,6 +30,7 @@
 
 #include "check.cuh"
 #include "ptx.cuh"
+#include "shared_memory.cuh"
 
 namespace infolens::cuda::curvature {
 
@@ -97,11 +98,13 @@ __device__ __forceinline__ void slice_range(const GemmArgs<T>& g, int bk, int& t
 
 struct TensorTile {
   static constexpr int BM = 128, BN = 128, BK = 16;
+  static constexpr int kStages = 4;                 // slices in flight: 3 ahead of the one multiplied
   static constexpr int WM = 64, WN = 32;            // warp tile: 2 x 4 warps
   static constexpr int MI = WM / 16, NI = WN / 8;   // fragments per warp
   static constexpr int KPAD = BK + 4, XPAD = 8;      // padded shared rows (see the top)
   // floats of one operand's stage, either layout
   static constexpr int kStage = (BM * KPAD > BK * (BM + XPAD)) ? BM * KPAD : BK * (BM + XPAD);
+  static constexpr size_t kSharedBytes = size_t(2) * kStages * kStage * sizeof(float);  // 80 KB
   static_assert(BM == BN, "one stage size for both operands");
   static_assert((BM / WM) * (BN / WN) * 32 == kGemmThreads, "one warp tile per warp");
 };
@@ -151,8 +154,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2) tensor_gemm_kernel(const __gr
   using S = TensorTile;
   using SA = Stage<kAK, S::BM>;
   using SB = Stage<kBK, S::BN>;
-  __shared__ __align__(16) float sA[2][S::kStage];
-  __shared__ __align__(16) float sB[2][S::kStage];
+  extern __shared__ __align__(16) float smem[];  // [kStages][A, B][kStage]
 
   const int m0 = blockIdx.x * S::BM, n0 = blockIdx.y * S::BN;
   int tiles0, begin, end;
@@ -168,24 +170,29 @@ __global__ void __launch_bounds__(kGemmThreads, 2) tensor_gemm_kernel(const __gr
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
 
-  auto fetch = [&](int kt, int buf) {  // depth slice kt of pair 0, then of pair 1
+  auto fetch = [&](int kt) {  // depth slice kt of pair 0, then of pair 1, into its stage
+    if (kt >= end) return;
+    float* stage = smem + ((kt - begin) % S::kStages) * 2 * S::kStage;
     const int q = kt < tiles0 ? 0 : 1;
     const int k0 = (kt - (q ? tiles0 : 0)) * S::BK;
-    SA::fill(sA[buf], g.a[q], m0, g.m, k0, g.k[q], g.vec_a);
-    SB::fill(sB[buf], g.b[q], n0, g.n, k0, g.k[q], g.vec_b);
+    SA::fill(stage, g.a[q], m0, g.m, k0, g.k[q], g.vec_a);
+    SB::fill(stage + S::kStage, g.b[q], n0, g.n, k0, g.k[q], g.vec_b);
   };
 
-  if (begin < end) fetch(begin, 0);
-  ptx::cp_async_commit();
+  // One barrier per slice: after it, slice kt has landed for everyone, and everyone is done with
+  // the stage of slice kt - 1, which the copy of slice kt + kStages - 1 then refills.
+#pragma unroll
+  for (int s = 0; s < S::kStages - 1; ++s) {
+    fetch(begin + s);
+    ptx::cp_async_commit();  // one group per slice, empty past the end: the count stays exact
+  }
   for (int kt = begin; kt < end; ++kt) {
-    const int cur = (kt - begin) & 1;
-    // the other stage was last read before the barrier that ended the previous slice
-    if (kt + 1 < end) fetch(kt + 1, cur ^ 1);
+    ptx::cp_async_wait<S::kStages - 2>();  // this thread's copies of slice kt have landed
+    __syncthreads();
+    fetch(kt + S::kStages - 1);
     ptx::cp_async_commit();
-    ptx::cp_async_wait<1>();  // this slice's copies (this thread's) have landed
-    __syncthreads();          // and everyone's
-    const float* a = sA[cur];
-    const float* b = sB[cur];
+    const float* a = smem + ((kt - begin) % S::kStages) * 2 * S::kStage;
+    const float* b = a + S::kStage;
 #pragma unroll
     for (int ks = 0; ks < S::BK; ks += 8) {
       // B's fragments for the whole warp tile, A's one at a time: fewer live registers
@@ -212,7 +219,6 @@ __global__ void __launch_bounds__(kGemmThreads, 2) tensor_gemm_kernel(const __gr
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before it is filled again
   }
 
 #pragma unroll
@@ -351,7 +357,15 @@ void gemm(GemmArgs<T> args, int splits, cudaStream_t stream) {
   if constexpr (sizeof(T) == 4) {
     args.vec_a = vectorisable<kAK>(args.a[0]) && vectorisable<kAK>(args.a[1]);
     args.vec_b = vectorisable<kBK>(args.b[0]) && vectorisable<kBK>(args.b[1]);
-    tensor_gemm_kernel<kAK, kBK, kEpi><<<grid, kGemmThreads, 0, stream>>>(args);
+    const auto kernel = tensor_gemm_kernel<kAK, kBK, kEpi>;
+    static uint64_t allowed = 0;  // devices on which this kernel may use its shared memory
+    int device = 0;
+    INFOLENS_CUDA_CHECK(cudaGetDevice(&device));
+    if (device >= 64 || !(allowed >> device & 1)) {
+      allow_shared(kernel, TensorTile::kSharedBytes, device, "softmax_ce_ggn");
+      if (device < 64) allowed |= uint64_t(1) << device;
+    }
+    kernel<<<grid, kGemmThreads, TensorTile::kSharedBytes, stream>>>(args);
   } else {
     fma_gemm_kernel<kAK, kBK, kEpi><<<grid, kGemmThreads, 0, stream>>>(args);
   }

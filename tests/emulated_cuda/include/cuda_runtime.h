@@ -36,9 +36,14 @@
 struct float4 {
   float x, y, z, w;
 };
+struct int4 {
+  int x, y, z, w;
+};
 struct double2 {
   double x, y;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline double2 make_double2(double x, double y) { return {x, y}; }
 
 struct dim3 {
   unsigned x, y, z;
@@ -55,6 +60,14 @@ inline const char* cudaGetErrorString(cudaError_t) { return "error in the CPU em
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin, cudaDevAttrMultiProcessorCount };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  *value = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024 : 132;  // an H100's
+  return cudaSuccess;
+}
+template <class Kernel>
+inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) { return cudaSuccess; }
 inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   *p = std::malloc(bytes == 0 ? 1 : bytes);
   // poisoned, as fresh device memory may hold anything: a kernel reading what nobody wrote shows
@@ -127,6 +140,7 @@ inline int lane = 0;  // the running thread's index in its block
 inline jmp_buf scheduler;
 inline ucontext_t starter;
 inline Index block_index, block_dim, grid_dim;
+inline char* dynamic_shared = nullptr;  // the launch's dynamic shared memory (extern __shared__)
 inline std::vector<char> stacks;
 constexpr size_t kStack = 128 * 1024;
 
@@ -225,7 +239,7 @@ inline T exchange(T value, int source) {
 }
 
 template <class Kernel, class... Args>
-void launch(Kernel kernel, dim3 grid, dim3 block, size_t, cudaStream_t, Args... args) {
+void launch(Kernel kernel, dim3 grid, dim3 block, size_t bytes, cudaStream_t, Args... args) {
   grid_dim = {grid.x, grid.y, grid.z};
   block_dim = {block.x, block.y, block.z};
   Block b;
@@ -233,6 +247,8 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t, cudaStream_t, Args... 
   b.lanes.resize(size_t(b.size));
   b.slot.assign(size_t(b.size) * kSlots, 0);
   b.body = [&] { kernel(args...); };
+  std::vector<char> shared(bytes + 16);  // 16-byte aligned, as a GPU's; poisoned per block below
+  dynamic_shared = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
   for (int t = 0; t < b.size; ++t)
     b.lanes[size_t(t)].thread = {unsigned(t) % block.x, (unsigned(t) / block.x) % block.y,
                                  unsigned(t) / (block.x * block.y)};
@@ -240,6 +256,7 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t, cudaStream_t, Args... 
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         block_index = {bx, by, bz};
+        std::memset(dynamic_shared, 0xA5, bytes);  // a kernel reading what it did not write shows
         run_block(b);
       }
 }
