@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not emulation.AVAILABLE, reason=emulation.REASON
 
 def build(folder: Path) -> Path:
     """grid_check, built in ``folder``."""
-    return emulation.build(folder, ["knn/grid.cu"], "grid_check.cpp")
+    return emulation.build(folder, ["knn/grid.cu", "knn/knn.cu", "knn/count.cu"], "grid_check.cpp")
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,30 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src, int bytes) 
   static_assert(kSize == 4 || kSize == 8 || kSize == 16, "cp.async copies 4, 8 or 16 bytes");
   const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   if constexpr (kSize == 16)  // .cg: L2 only, the 16-byte form
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
   else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(kSize), "r"(bytes));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(kSize), "r"(bytes)
+                 : "memory");
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most kPending of this thread's committed groups are still in flight.
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// All ones where a < b (kStrict) or a <= b, else 0; false for NaN. Subtracted from a count it
+// adds 1 without a branch or a predicate-to-integer conversion.
+template <bool kStrict>
+__device__ __forceinline__ unsigned set_mask(double a, double b) {
+  unsigned d;
+  if constexpr (kStrict)
+    asm("set.lt.u32.f64 %0, %1, %2;" : "=r"(d) : "d"(a), "d"(b));
+  else
+    asm("set.le.u32.f64 %0, %1, %2;" : "=r"(d) : "d"(a), "d"(b));
+  return d;
 }
 
 // x rounded to the nearest TF32 (10 mantissa bits, ties away from zero), as a 32-bit pattern.

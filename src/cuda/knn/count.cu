@@ -39,6 +39,7 @@
 #include "check.cuh"
 #include "knn/keys.cuh"
 #include "knn/knn.hpp"
+#include "ptx.cuh"
 #include "shared_memory.cuh"
 #include "stream_memory.cuh"
 
@@ -84,12 +85,7 @@ __device__ __forceinline__ void add_pass(unsigned& cnt, float key, int thr) {
 }
 template <bool kStrict>
 __device__ __forceinline__ void add_pass(unsigned& cnt, double key, double r) {
-  unsigned d;
-  if constexpr (kStrict)
-    asm("set.lt.u32.f64 %0, %1, %2;" : "=r"(d) : "d"(key), "d"(r));
-  else
-    asm("set.le.u32.f64 %0, %1, %2;" : "=r"(d) : "d"(key), "d"(r));
-  cnt -= d;
+  cnt -= ptx::set_mask<kStrict>(key, r);
 }
 template <class T>
 using Threshold = decltype(threshold<true>(T(0)));
@@ -312,23 +308,53 @@ __global__ void __launch_bounds__(kThreads, Cfg<T>::kMinBlocks)
 
 // ---- d == 1: sort + interval search ------------------------------------------------------------
 
+// The column to sort, every NaN made the positive quiet NaN, which the radix sort (ordering
+// floats by their bits) puts after +inf: the values that can pass form a prefix.
 template <class T>
 __global__ void gather_column(const T* __restrict__ x, int64_t ld, int64_t n, T* __restrict__ dst) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = x[i * ld];
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const T v = x[i * ld];
+    dst[i] = v == v ? v : T(NAN);
+  }
+}
+
+// The first index in [a, b) at which pred turns true (pred false ... true over the range).
+template <class T, class Pred>
+__device__ __forceinline__ int64_t first_true(const T* sorted, int64_t a, int64_t b, const Pred& pred) {
+  while (a < b) {
+    const int64_t mid = a + (b - a) / 2;
+    if (pred(sorted[mid]))
+      b = mid;
+    else
+      a = mid + 1;
+  }
+  return a;
 }
 
 // out[i] = number of sorted values v with key(q_i, v) passing radius[i], less the query's own
-// point in the self-join (q == nullptr: query i is x[i * xld]).
+// point in the self-join (q == nullptr: query i is x[i * xld]). A NaN key never passes: NaN
+// values (sorted last) are never counted, a NaN query counts nothing, and an infinite query
+// meets every equal infinity (its own point among them) at key NaN and every other value at inf.
 template <class T, bool kMaxNorm, bool kStrict>
 __global__ void interval_count(const T* __restrict__ sorted, int64_t n, const T* __restrict__ q,
                                int64_t qld, const T* __restrict__ x, int64_t xld, int64_t m,
                                const T* __restrict__ radius, int64_t* __restrict__ out) {
+  const int64_t valid = first_true(sorted, 0, n, [](T v) { return v != v; });  // values before the NaNs
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < m;
        i += int64_t(gridDim.x) * blockDim.x) {
     const T qi = q != nullptr ? q[i * qld] : x[i * xld];
     const T r = radius[i];
+    if (qi != qi) {
+      out[i] = 0;
+      continue;
+    }
+    if (qi == T(INFINITY) || qi == -T(INFINITY)) {
+      const int64_t lo = first_true(sorted, 0, valid, [&](T v) { return v >= qi; });
+      const int64_t hi = first_true(sorted, lo, valid, [&](T v) { return v > qi; });
+      out[i] = passes<kStrict>(T(INFINITY), r) ? valid - (hi - lo) : 0;
+      continue;
+    }
     // Keys are >= 0 and the predicate is monotone in the key: if key 0 fails, everything fails.
     // Otherwise every value equal to q passes, and the passing run is [lo, hi):
     //   lo = first index with v >= q or pass(v)   (false ... true: below q, keys shrink toward q)
@@ -337,27 +363,14 @@ __global__ void interval_count(const T* __restrict__ sorted, int64_t n, const T*
       out[i] = 0;
       continue;
     }
-    int64_t a = 0, b = n;  // lower bound of the first predicate
-    while (a < b) {
-      const int64_t mid = a + (b - a) / 2;
-      const T v = sorted[mid];
-      if (v >= qi || passes<kStrict>(key_step<kMaxNorm, T>(T(0), qi, v), r))
-        b = mid;
-      else
-        a = mid + 1;
-    }
-    const int64_t lo = a;
-    b = n;  // hi >= lo: below lo every v < q
-    while (a < b) {
-      const int64_t mid = a + (b - a) / 2;
-      const T v = sorted[mid];
-      if (v > qi && !passes<kStrict>(key_step<kMaxNorm, T>(T(0), qi, v), r))
-        b = mid;
-      else
-        a = mid + 1;
-    }
+    const int64_t lo = first_true(sorted, 0, valid, [&](T v) {
+      return v >= qi || passes<kStrict>(key_step<kMaxNorm, T>(T(0), qi, v), r);
+    });
+    const int64_t hi = first_true(sorted, lo, valid, [&](T v) {  // hi >= lo: below lo every v < q
+      return v > qi && !passes<kStrict>(key_step<kMaxNorm, T>(T(0), qi, v), r);
+    });
     // Self-join: the query's own point has key 0, which passes here.
-    out[i] = (a - lo) - (q == nullptr ? 1 : 0);
+    out[i] = (hi - lo) - (q == nullptr ? 1 : 0);
   }
 }
 

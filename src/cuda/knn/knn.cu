@@ -42,6 +42,7 @@
 #include "check.cuh"
 #include "knn/keys.cuh"
 #include "knn/knn.hpp"
+#include "ptx.cuh"
 #include "shared_memory.cuh"
 #include "stream_memory.cuh"
 
@@ -114,24 +115,6 @@ struct Args {
 // sQ[kk][row] and sP[kk][point]: thread t copies column k0 + t % BK of rows t / BK + 32 i. Entries
 // past the matrix or past dim are zero-filled (source size 0: nothing is read).
 template <class T>
-__device__ __forceinline__ void cp_async(T* dst, const T* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  if constexpr (sizeof(T) == 4) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src),
-                 "r"(valid ? 4 : 0)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src),
-                 "r"(valid ? 8 : 0)
-                 : "memory");
-  }
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-
-template <class T>
 __device__ __forceinline__ void stage_slice(const Args<T>& a, int64_t row0, int64_t p0, int k0,
                                             bool queries, T* sQ, T* sP) {
   const int kk = threadIdx.x % BK, r = threadIdx.x / BK, kc = k0 + kk;
@@ -141,16 +124,17 @@ __device__ __forceinline__ void stage_slice(const Args<T>& a, int64_t row0, int6
     for (int i = 0; i < Cfg<T>::BM / 32; ++i) {
       const int64_t row = row0 + r + 32 * i;
       const bool valid = col && row < a.m;
-      cp_async(sQ + kk * Cfg<T>::QS + r + 32 * i, valid ? a.q + row * a.ldq + kc : a.q, valid);
+      ptx::cp_async<sizeof(T)>(sQ + kk * Cfg<T>::QS + r + 32 * i, valid ? a.q + row * a.ldq + kc : a.q,
+                               valid ? int(sizeof(T)) : 0);
     }
   }
 #pragma unroll
   for (int i = 0; i < BN / 32; ++i) {
     const int64_t j = p0 + r + 32 * i;
     const bool valid = col && j < a.n;
-    cp_async(sP + kk * PS + r + 32 * i, valid ? a.x + j * a.ldx + kc : a.x, valid);
+    ptx::cp_async<sizeof(T)>(sP + kk * PS + r + 32 * i, valid ? a.x + j * a.ldx + kc : a.x, valid ? int(sizeof(T)) : 0);
   }
-  cp_async_commit();
+  ptx::cp_async_commit();
 }
 
 // acc[4h + a][4g + c] = key_step(acc, query ty*4 + a + 64h, point tx*4 + c + 64g) over the slice.
@@ -312,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, 2) knn_kernel(const __grid_constant_
       // This thread's copies of the current slice have landed; after the barrier everyone's
       // have, and everyone is done reading the other buffer (the previous slice) and, on a new
       // tile, done with the previous tile's sK and sThr (see below).
-      cp_async_wait_all();
+      ptx::cp_async_wait<0>();
       __syncthreads();
       // The next slice (this tile's next, or the next tile's first) is copied into the other
       // buffer while this one is used.

@@ -4,9 +4,9 @@
 // compile with g++ and run here, where no GPU is; ptx.cuh beside it stands in for the inline
 // assembly. Memory is host memory, streams are synchronous, and every thread of a block is a
 // fiber (ucontext). Threads run until each has reached its next wait: a warp collective
-// (__syncwarp, __all_sync, __any_sync, __shfl_xor_sync, the tensor-core product), carried out
-// once every live lane of the warp is there, or the block barrier (__syncthreads), passed once
-// every live thread of the block is there; threads that have returned take no part. Blocks run
+// (__syncwarp, votes, shuffles, the tensor-core product), carried out once every live lane of
+// the warp is there, or the block barrier (__syncthreads, __syncthreads_or), passed once every
+// live thread of the block is there; threads that have returned take no part. Blocks run
 // one after another, so __shared__ arrays (static here) are the running block's. A warp whose
 // live lanes do not reach the same collective (a divergent warp) aborts with a message: that is
 // a bug in the kernel.
@@ -60,6 +60,10 @@ inline const char* cudaGetErrorString(cudaError_t) { return "error in the CPU em
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = size_t(256) << 20, *total_bytes = size_t(1) << 30;  // a small device
+  return cudaSuccess;
+}
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin, cudaDevAttrMultiProcessorCount };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
@@ -68,6 +72,11 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) 
 }
 template <class Kernel>
 inline cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) { return cudaSuccess; }
+template <class Kernel>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int, size_t) {
+  *blocks = 2;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   *p = std::malloc(bytes == 0 ? 1 : bytes);
   // poisoned, as fresh device memory may hold anything: a kernel reading what nobody wrote shows
@@ -95,11 +104,13 @@ inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline float __uint_as_float(uint32_t v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline uint32_t __float_as_uint(float f) { uint32_t v; std::memcpy(&v, &f, 4); return v; }
+inline int __float_as_int(float f) { int v; std::memcpy(&v, &f, 4); return v; }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  const unsigned long long old = *p;
+template <class T>  // fibers switch only at waits: every read-modify-write is atomic
+inline T atomicAdd(T* p, T v) {
+  const T old = *p;
   *p += v;
   return old;
 }
@@ -290,7 +301,37 @@ inline bool vote(bool p) {
 }
 inline bool __all_sync(unsigned, bool p) { return vote<true>(p); }
 inline bool __any_sync(unsigned, bool p) { return vote<false>(p); }
+inline unsigned __ballot_sync(unsigned, bool p) {
+  emu::slots(emu::lane)[0] = p ? 1 : 0;
+  emu::arrive();
+  unsigned bits = 0;
+  const int first = emu::warp_first(emu::lane);
+  for (int l = first; l < std::min(emu::block->size, first + 32); ++l)
+    if (!emu::block->lanes[l].done && emu::slots(l)[0]) bits |= 1u << (l - first);
+  emu::arrive();
+  return bits;
+}
 template <class T>
 inline T __shfl_xor_sync(unsigned, T value, int mask) {
   return emu::exchange(value, emu::warp_lane(emu::lane) ^ mask);
 }
+template <class T>
+inline T __shfl_sync(unsigned, T value, int source) {
+  return emu::exchange(value, source % 32);
+}
+template <class T>  // lanes below delta keep their own value
+inline T __shfl_up_sync(unsigned, T value, unsigned delta) {
+  const int l = emu::warp_lane(emu::lane);
+  return emu::exchange(value, l >= int(delta) ? l - int(delta) : l);
+}
+inline int __syncthreads_or(int p) {
+  emu::slots(emu::lane)[1] = p != 0;
+  __syncthreads();
+  int any = 0;
+  for (int l = 0; l < emu::block->size; ++l)
+    if (!emu::block->lanes[l].done && emu::slots(l)[1]) any = 1;
+  __syncthreads();  // every thread has read before the slots are written again
+  return any;
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }

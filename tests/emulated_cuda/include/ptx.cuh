@@ -25,6 +25,11 @@ inline void cp_async_commit() {}
 template <int kPending>
 inline void cp_async_wait() {}
 
+template <bool kStrict>
+inline unsigned set_mask(double a, double b) {
+  return (kStrict ? a < b : a <= b) ? 0xffffffffu : 0u;
+}
+
 // cvt.rna.tf32.f32: 10 mantissa bits, to nearest with ties away from zero (on the magnitude's
 // bits, so a carry into the exponent is right too); NaN and infinity unchanged.
 inline uint32_t to_tf32(float x) {

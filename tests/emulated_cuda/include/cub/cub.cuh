@@ -44,7 +44,25 @@ std::vector<int> order(const K* keys, int n, int begin_bit, int end_bit) {
 
 }  // namespace detail
 
+// Two buffers of keys; a sort through it leaves its result in Current() (here: the other one).
+template <class K>
+struct DoubleBuffer {
+  K* d_buffers[2];
+  int selector = 0;
+  DoubleBuffer(K* current, K* alternate) : d_buffers{current, alternate} {}
+  K* Current() const { return d_buffers[selector]; }
+  K* Alternate() const { return d_buffers[selector ^ 1]; }
+};
+
 struct DeviceRadixSort {
+  template <class K>
+  static cudaError_t SortKeys(void* temp, size_t& bytes, DoubleBuffer<K>& keys, int n, int begin_bit = 0,
+                              int end_bit = int(sizeof(K) * 8), cudaStream_t stream = nullptr) {
+    const cudaError_t status = SortKeys(temp, bytes, keys.Current(), keys.Alternate(), n, begin_bit, end_bit, stream);
+    if (temp != nullptr) keys.selector ^= 1;
+    return status;
+  }
+
   template <class K>
   static cudaError_t SortKeys(void* temp, size_t& bytes, const K* in, K* out, int n, int begin_bit = 0,
                               int end_bit = int(sizeof(K) * 8), cudaStream_t = nullptr) {
