@@ -94,6 +94,12 @@ __device__ __forceinline__ void slice_range(const GemmArgs<T>& g, int bk, int& t
   }
 }
 
+// Depth slice kt (of bk) as its operand pair q and first depth k0: pair 0's slices, then pair 1's.
+__device__ __forceinline__ void slice_at(int kt, int tiles0, int bk, int& q, int& k0) {
+  q = kt < tiles0 ? 0 : 1;
+  k0 = (kt - (q ? tiles0 : 0)) * bk;
+}
+
 // ---- float32: 3xTF32 on tensor cores -------------------------------------------------------------
 
 struct TensorTile {
@@ -173,8 +179,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2) tensor_gemm_kernel(const __gr
   auto fetch = [&](int kt) {  // depth slice kt of pair 0, then of pair 1, into its stage
     if (kt >= end) return;
     float* stage = smem + ((kt - begin) % S::kStages) * 2 * S::kStage;
-    const int q = kt < tiles0 ? 0 : 1;
-    const int k0 = (kt - (q ? tiles0 : 0)) * S::BK;
+    int q, k0;
+    slice_at(kt, tiles0, S::BK, q, k0);
     SA::fill(stage, g.a[q], m0, g.m, k0, g.k[q], g.vec_a);
     SB::fill(stage + S::kStage, g.b[q], n0, g.n, k0, g.k[q], g.vec_b);
   };
@@ -252,6 +258,30 @@ __device__ __forceinline__ void slice_coords(int e, int& i, int& k) {
   }
 }
 
+// Registers r = X(i0 + i, k0 + k) over this thread's share, 0 outside extent x depth.
+template <bool kK, int BX, int BK>
+__device__ __forceinline__ void load_slice(const Operand<double>& x, int i0, int extent, int k0, int depth,
+                                           double (&r)[BX * BK / kGemmThreads]) {
+#pragma unroll
+  for (int e = 0; e < BX * BK / kGemmThreads; ++e) {
+    int i, k;
+    slice_coords<kK, BX, BK>(e, i, k);
+    const int gi = i0 + i, gk = k0 + k;
+    r[e] = (gi < extent && gk < depth) ? x.p[gi * x.s_i + gk * x.s_k] : 0.0;
+  }
+}
+
+// Shared slice s[k * kStride + i] from the registers of load_slice.
+template <bool kK, int BX, int BK, int kStride>
+__device__ __forceinline__ void store_slice(const double (&r)[BX * BK / kGemmThreads], double* s) {
+#pragma unroll
+  for (int e = 0; e < BX * BK / kGemmThreads; ++e) {
+    int i, k;
+    slice_coords<kK, BX, BK>(e, i, k);
+    s[k * kStride + i] = r[e];
+  }
+}
+
 template <bool kAK, bool kBK, Epilogue kEpi>
 __global__ void __launch_bounds__(kGemmThreads, 2) fma_gemm_kernel(const __grid_constant__ GemmArgs<double> g) {
   using S = FmaTile;
@@ -265,37 +295,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2) fma_gemm_kernel(const __grid_
   slice_range<double, kEpi>(g, BK, tiles0, begin, end);
 
   double ra[EA], rb[EB];
-  auto fetch = [&](int kt) {  // depth slice kt of pair 0, then of pair 1, into registers
-    const int q = kt < tiles0 ? 0 : 1;
-    const int k0 = (kt - (q ? tiles0 : 0)) * BK;
-#pragma unroll
-    for (int e = 0; e < EA; ++e) {
-      int i, k;
-      slice_coords<kAK, BM, BK>(e, i, k);
-      const int gi = m0 + i, gk = k0 + k;
-      ra[e] = (gi < g.m && gk < g.k[q]) ? g.a[q].p[gi * g.a[q].s_i + gk * g.a[q].s_k] : 0.0;
-    }
-#pragma unroll
-    for (int e = 0; e < EB; ++e) {
-      int i, k;
-      slice_coords<kBK, BN, BK>(e, i, k);
-      const int gi = n0 + i, gk = k0 + k;
-      rb[e] = (gi < g.n && gk < g.k[q]) ? g.b[q].p[gi * g.b[q].s_i + gk * g.b[q].s_k] : 0.0;
-    }
+  auto fetch = [&](int kt) {  // depth slice kt into registers
+    int q, k0;
+    slice_at(kt, tiles0, BK, q, k0);
+    load_slice<kAK, BM, BK>(g.a[q], m0, g.m, k0, g.k[q], ra);
+    load_slice<kBK, BN, BK>(g.b[q], n0, g.n, k0, g.k[q], rb);
   };
   auto stash = [&](int buf) {
-#pragma unroll
-    for (int e = 0; e < EA; ++e) {
-      int i, k;
-      slice_coords<kAK, BM, BK>(e, i, k);
-      sA[buf][k * S::AS + i] = ra[e];
-    }
-#pragma unroll
-    for (int e = 0; e < EB; ++e) {
-      int i, k;
-      slice_coords<kBK, BN, BK>(e, i, k);
-      sB[buf][k * S::BS + i] = rb[e];
-    }
+    store_slice<kAK, BM, BK, S::AS>(ra, sA[buf]);
+    store_slice<kBK, BN, BK, S::BS>(rb, sB[buf]);
   };
 
   double acc[TM][TN] = {};

@@ -282,34 +282,32 @@ void launch(Kernel kernel, dim3 grid, dim3 block, size_t bytes, cudaStream_t, Ar
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::arrive(); }
 inline void __syncthreads() { emu::wait(emu::Wait::block); }
 
-// p over the warp's live lanes: all (kAll) or any.
-template <bool kAll>
-inline bool vote(bool p) {
-  emu::slots(emu::lane)[0] = p ? 1 : 0;
-  emu::arrive();
-  bool all = true, any = false;
-  const int first = emu::warp_first(emu::lane);
-  for (int l = first; l < std::min(emu::block->size, first + 32); ++l) {
-    if (emu::block->lanes[l].done) continue;
-    if (emu::slots(l)[0])
-      any = true;
-    else
-      all = false;
-  }
-  emu::arrive();
-  return kAll ? all : any;
-}
-inline bool __all_sync(unsigned, bool p) { return vote<true>(p); }
-inline bool __any_sync(unsigned, bool p) { return vote<false>(p); }
-inline unsigned __ballot_sync(unsigned, bool p) {
+// The warp's live lanes whose p holds, as bits (bit l: lane l), and the live lanes.
+inline unsigned ballot(bool p, unsigned& live) {
   emu::slots(emu::lane)[0] = p ? 1 : 0;
   emu::arrive();
   unsigned bits = 0;
+  live = 0;
   const int first = emu::warp_first(emu::lane);
-  for (int l = first; l < std::min(emu::block->size, first + 32); ++l)
-    if (!emu::block->lanes[l].done && emu::slots(l)[0]) bits |= 1u << (l - first);
-  emu::arrive();
+  for (int l = first; l < std::min(emu::block->size, first + 32); ++l) {
+    if (emu::block->lanes[l].done) continue;
+    live |= 1u << (l - first);
+    if (emu::slots(l)[0]) bits |= 1u << (l - first);
+  }
+  emu::arrive();  // every lane has read before the slots are written again
   return bits;
+}
+inline unsigned __ballot_sync(unsigned, bool p) {
+  unsigned live;
+  return ballot(p, live);
+}
+inline bool __all_sync(unsigned, bool p) {
+  unsigned live;
+  return ballot(p, live) == live;
+}
+inline bool __any_sync(unsigned, bool p) {
+  unsigned live;
+  return ballot(p, live) != 0;
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned, T value, int mask) {
